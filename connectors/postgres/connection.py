@@ -1,0 +1,25 @@
+"""Opening PostgreSQL connections, with failures turned into tiersync errors."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import psycopg
+
+from engine.config import redact_url
+
+from .errors import translate
+
+
+def connect(url: str, *, autocommit: bool = False, application: str = "tiersync") -> psycopg.Connection:
+    try:
+        conn = psycopg.connect(url, autocommit=autocommit, application_name=application, connect_timeout=10)
+    except psycopg.Error as exc:
+        raise translate(exc, f"cannot connect to {redact_url(url)}") from None
+    return conn
+
+
+def parse_image(text: str | None):
+    """A JSON row image with numbers kept exact."""
+    return None if text is None else json.loads(text, parse_float=Decimal)

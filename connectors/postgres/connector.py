@@ -1,0 +1,114 @@
+"""PostgreSQL as a source (trigger capture) and as a target."""
+
+from __future__ import annotations
+
+import psycopg
+
+from engine.event import TableId
+from engine.schema import ColumnInfo, TableInfo
+from engine.seams import CapturedTable, Connector, Reader, SourceProgress, TargetSession, TriggerCapture
+
+from . import dialect
+from .connection import connect
+from .errors import translate
+from .position import PostgresLogPosition
+from .reader import PostgresChangeLogReader
+from .session import PostgresSession
+from .triggers import PostgresTriggerCapture
+
+
+class PostgresConnector(Connector):
+    scheme = "postgresql"
+    default_schema = "public"
+
+    def _query(self, sql: str, params=None, what: str = "reading the catalog") -> list[tuple]:
+        with connect(self.url, autocommit=True) as conn:
+            try:
+                return conn.execute(sql, params).fetchall()
+            except psycopg.Error as exc:
+                raise translate(exc, what) from None
+
+    def check(self) -> None:
+        self._query("SELECT 1", what="checking the connection")
+
+    def qualify(self, name: str) -> TableId:
+        table = TableId.parse(name)
+        return table if table.schema else TableId(self.default_schema, table.name)
+
+    def describe(self, table: TableId) -> TableInfo | None:
+        rel = dialect.qualified(table)
+        with connect(self.url, autocommit=True) as conn:
+            try:
+                if not conn.execute(dialect.TABLE_EXISTS_SQL, {"rel": rel}).fetchone()[0]:
+                    return None
+                columns = tuple(ColumnInfo(name, type_, nullable, generated) for name, type_, nullable, generated
+                                in conn.execute(dialect.DESCRIBE_SQL, {"rel": rel}).fetchall())
+                key = tuple(r[0] for r in conn.execute(dialect.PRIMARY_KEY_SQL, {"rel": rel}).fetchall())
+                parents = frozenset(TableId(s, n) for s, n in conn.execute(dialect.PARENTS_SQL, {"rel": rel}))
+            except psycopg.Error as exc:
+                raise translate(exc, f"describing {table}") from None
+        return TableInfo(table, columns, key, parents)
+
+    def unique_keys(self, table: TableId) -> list[tuple[str, ...]]:
+        return [tuple(r[0]) for r in self._query(dialect.UNIQUE_KEYS_SQL, {"rel": dialect.qualified(table)})]
+
+    def trigger_capture(self, node_id: str, consumer: str | None = None) -> TriggerCapture:
+        return PostgresTriggerCapture(self.url, self.state_schema, consumer)
+
+    def change_log_reader(self, consumer: str, tables: list[CapturedTable], start: str | None,
+                          node_id: str) -> Reader:
+        return PostgresChangeLogReader(self.url, self.state_schema, consumer, tables, start, node_id)
+
+    def change_log_progress(self, tables: list[TableId], position: str | None) -> SourceProgress:
+        pos = PostgresLogPosition.from_text(position.partition(":")[2]) if position else PostgresLogPosition()
+        log = f"{dialect.quote(self.state_schema)}.tiersync_change_log"
+        if not self._query(dialect.TABLE_EXISTS_SQL, {"rel": log})[0][0]:
+            return SourceProgress(0, None, "no change log")
+        params = {"lo": pos.lo, "hi": pos.hi, "last_id": pos.last_id, "tables": [str(t) for t in tables]}
+        count, oldest = self._query(dialect.pending_sql(self.state_schema), params)[0]
+        horizon = self._query(dialect.HORIZON_SQL)[0][0]
+        return SourceProgress(count, oldest, f"txid horizon {horizon}")
+
+    def ensure_state(self) -> None:
+        with connect(self.url) as conn:
+            try:
+                for statement in dialect.state_ddl(self.state_schema):
+                    conn.execute(statement)
+                conn.commit()
+            except psycopg.Error as exc:
+                raise translate(exc, "creating tiersync's state tables in the target") from None
+
+    def target_session(self) -> TargetSession:
+        return PostgresSession(self.url, self.state_schema)
+
+    def _state_exists(self) -> bool:
+        rel = f"{dialect.quote(self.state_schema)}.tiersync_checkpoint"
+        return bool(self._query(dialect.TABLE_EXISTS_SQL, {"rel": rel})[0][0])
+
+    def load_checkpoint(self, pipeline: str) -> str | None:
+        if not self._state_exists():
+            return None
+        rows = self._query(f"SELECT position FROM {dialect.quote(self.state_schema)}.tiersync_checkpoint "
+                           f"WHERE pipeline = %s", (pipeline,))
+        return rows[0][0] if rows else None
+
+    def store_checkpoint(self, pipeline: str, position: str) -> None:
+        self.ensure_state()
+        with connect(self.url) as conn:
+            conn.execute(dialect.save_checkpoint_sql(self.state_schema), (pipeline, position, 0))
+            conn.commit()
+
+    def dead_letter_count(self, pipeline: str) -> int:
+        if not self._state_exists():
+            return 0
+        return self._query(f"SELECT count(*) FROM {dialect.quote(self.state_schema)}.tiersync_dead_letter "
+                           f"WHERE pipeline = %s", (pipeline,))[0][0]
+
+    def dead_letters(self, pipeline: str, limit: int) -> list[dict]:
+        if not self._state_exists():
+            return []
+        rows = self._query(f"SELECT id, source_table, target_table, op, key, error, created_at "
+                           f"FROM {dialect.quote(self.state_schema)}.tiersync_dead_letter WHERE pipeline = %s "
+                           f"ORDER BY id LIMIT %s", (pipeline, limit))
+        names = ("id", "source_table", "target_table", "op", "key", "error", "created_at")
+        return [dict(zip(names, r)) for r in rows]

@@ -1,0 +1,364 @@
+"""Every SQL string and value rule of PostgreSQL that tiersync uses."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import date, datetime, time
+from decimal import Decimal
+from typing import Any, Callable
+from uuid import UUID
+
+from engine.event import TableId
+from engine.schema import TableInfo
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def qualified(table: TableId) -> str:
+    return f"{quote(table.schema)}.{quote(table.name)}" if table.schema else quote(table.name)
+
+
+def literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def short_name(prefix: str, table: TableId) -> str:
+    """A deterministic identifier under PostgreSQL's 63-byte limit."""
+    base = re.sub(r"[^A-Za-z0-9_]", "_", f"{table.schema}_{table.name}")
+    name = f"{prefix}_{base}"
+    if len(name.encode()) <= 63:
+        return name
+    digest = hashlib.sha1(str(table).encode()).hexdigest()[:10]
+    return f"{prefix}_{base[:40]}_{digest}"
+
+
+# ---------------------------------------------------------------- catalog
+
+DESCRIBE_SQL = """
+SELECT a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, a.attgenerated <> ''
+FROM pg_attribute a
+WHERE a.attrelid = %(rel)s::regclass AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum
+"""
+
+PRIMARY_KEY_SQL = """
+SELECT a.attname
+FROM pg_index i
+JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
+JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+WHERE i.indrelid = %(rel)s::regclass AND i.indisprimary
+ORDER BY k.ord
+"""
+
+PARENTS_SQL = """
+SELECT n.nspname, c.relname
+FROM pg_constraint f
+JOIN pg_class c ON c.oid = f.confrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE f.conrelid = %(rel)s::regclass AND f.contype = 'f'
+"""
+
+TABLE_EXISTS_SQL = "SELECT to_regclass(%(rel)s) IS NOT NULL"
+
+UNIQUE_KEYS_SQL = """
+SELECT array_agg(a.attname ORDER BY k.ord)
+FROM pg_index i
+JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
+JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+WHERE i.indrelid = %(rel)s::regclass AND i.indisunique AND i.indpred IS NULL
+GROUP BY i.indexrelid
+"""
+
+
+# ---------------------------------------------------------------- change log and state tables
+
+def change_log_ddl(schema: str) -> list[str]:
+    s = quote(schema)
+    # CACHE 1 matters: with a per-session sequence cache, ids would stop following
+    # commit order for changes to the same row, and the reader relies on that.
+    return [
+        f"CREATE SCHEMA IF NOT EXISTS {s}",
+        f"""CREATE TABLE IF NOT EXISTS {s}.tiersync_change_log (
+    id bigint GENERATED ALWAYS AS IDENTITY (CACHE 1) PRIMARY KEY,
+    txid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    tbl text NOT NULL,
+    op "char" NOT NULL,
+    pk json,
+    before json,
+    after json,
+    origin text,
+    captured_at timestamptz NOT NULL DEFAULT clock_timestamp()
+)""",
+        f"""CREATE TABLE IF NOT EXISTS {s}.tiersync_consumer (
+    name text PRIMARY KEY,
+    lo xid8 NOT NULL,
+    hi xid8 NOT NULL,
+    last_id bigint NOT NULL,
+    tables text[],
+    updated_at timestamptz NOT NULL DEFAULT now()
+)""",
+    ]
+
+
+def register_consumer_sql(schema: str) -> str:
+    return (f"INSERT INTO {quote(schema)}.tiersync_consumer (name, lo, hi, last_id, tables) "
+            f"VALUES (%(name)s, %(lo)s::text::xid8, %(hi)s::text::xid8, %(last_id)s, %(tables)s) "
+            f"ON CONFLICT (name) DO UPDATE SET tables = EXCLUDED.tables")
+
+
+def state_ddl(schema: str) -> list[str]:
+    s = quote(schema)
+    return [
+        f"CREATE SCHEMA IF NOT EXISTS {s}",
+        f"""CREATE TABLE IF NOT EXISTS {s}.tiersync_checkpoint (
+    pipeline text PRIMARY KEY,
+    position text NOT NULL,
+    batches bigint NOT NULL DEFAULT 0,
+    changes bigint NOT NULL DEFAULT 0,
+    updated_at timestamptz NOT NULL DEFAULT now()
+)""",
+        f"""CREATE TABLE IF NOT EXISTS {s}.tiersync_dead_letter (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    pipeline text NOT NULL,
+    source_table text NOT NULL,
+    target_table text NOT NULL,
+    op text NOT NULL,
+    key jsonb,
+    error text NOT NULL,
+    event jsonb NOT NULL,
+    position text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+)""",
+    ]
+
+
+def save_checkpoint_sql(schema: str) -> str:
+    return (f"INSERT INTO {quote(schema)}.tiersync_checkpoint AS c (pipeline, position, batches, changes, updated_at) "
+            f"VALUES (%s, %s, 1, %s, now()) ON CONFLICT (pipeline) DO UPDATE SET position = EXCLUDED.position, "
+            f"batches = c.batches + 1, changes = c.changes + EXCLUDED.changes, updated_at = now()")
+
+
+def dead_letter_insert_sql(schema: str) -> str:
+    return (f"INSERT INTO {quote(schema)}.tiersync_dead_letter "
+            f"(pipeline, source_table, target_table, op, key, error, event, position) "
+            f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s)")
+
+
+# ---------------------------------------------------------------- capture triggers
+
+def capture_function_name(table: TableId) -> str:
+    return short_name("capture", table)
+
+
+TRIGGER_NAME = "tiersync_capture"
+
+
+def trigger_ddl(schema: str, table: TableInfo, key: tuple[str, ...]) -> list[str]:
+    """The function and trigger that record every change of ``table`` in the change log."""
+    log = f"{quote(schema)}.tiersync_change_log"
+    fn = f"{quote(schema)}.{quote(capture_function_name(table.id))}"
+    name = literal(str(table.id))
+    origin = "NULLIF(current_setting('tiersync.origin', true), '')"
+
+    def key_of(image: str) -> str:
+        return "json_build_array(" + ", ".join(f"{image}.{quote(c)}" for c in key) + ")" if key else "NULL"
+
+    body = f"""CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger
+LANGUAGE plpgsql AS $tiersync$
+DECLARE
+    old_image json;
+    new_image json;
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO {log} (tbl, op, pk, after, origin)
+        VALUES ({name}, 'c', {key_of('NEW')}, row_to_json(NEW), {origin});
+    ELSIF TG_OP = 'UPDATE' THEN
+        old_image := row_to_json(OLD);
+        new_image := row_to_json(NEW);
+        IF old_image::text = new_image::text THEN
+            RETURN NULL;  -- nothing changed: nothing to replicate
+        END IF;
+        INSERT INTO {log} (tbl, op, pk, before, after, origin)
+        VALUES ({name}, 'u', {key_of('NEW')}, old_image, new_image, {origin});
+    ELSE
+        INSERT INTO {log} (tbl, op, pk, before, origin)
+        VALUES ({name}, 'd', {key_of('OLD')}, row_to_json(OLD), {origin});
+    END IF;
+    RETURN NULL;
+END
+$tiersync$"""
+    trigger = (f"CREATE OR REPLACE TRIGGER {TRIGGER_NAME} AFTER INSERT OR UPDATE OR DELETE ON {qualified(table.id)} "
+               f"FOR EACH ROW EXECUTE FUNCTION {fn}()")
+    return [body, trigger]
+
+
+def drop_trigger_ddl(schema: str, table: TableId, table_exists: bool) -> list[str]:
+    statements = [f"DROP TRIGGER IF EXISTS {TRIGGER_NAME} ON {qualified(table)}"] if table_exists else []
+    statements.append(f"DROP FUNCTION IF EXISTS {quote(schema)}.{quote(capture_function_name(table))}()")
+    return statements
+
+
+def drop_change_log_ddl(schema: str) -> list[str]:
+    s = quote(schema)
+    return [f"DROP TABLE IF EXISTS {s}.tiersync_change_log", f"DROP TABLE IF EXISTS {s}.tiersync_consumer"]
+
+
+INSTALLED_TRIGGERS_SQL = """
+SELECT n.nspname, c.relname
+FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE t.tgname = 'tiersync_capture' AND NOT t.tgisinternal
+"""
+
+
+# ---------------------------------------------------------------- reading the change log
+
+def read_sql(schema: str) -> str:
+    return (f"SELECT id, txid::text::bigint, tbl, op, pk::text, before::text, after::text, origin, captured_at "
+            f"FROM {quote(schema)}.tiersync_change_log "
+            f"WHERE txid >= %(lo)s::text::xid8 AND txid < %(hi)s::text::xid8 AND id > %(last_id)s "
+            f"AND tbl = ANY(%(tables)s) ORDER BY id LIMIT %(limit)s")
+
+
+HORIZON_SQL = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+
+
+def consumer_update_sql(schema: str) -> str:
+    return (f"UPDATE {quote(schema)}.tiersync_consumer SET lo = %(lo)s::text::xid8, hi = %(hi)s::text::xid8, "
+            f"last_id = %(last_id)s, updated_at = now() WHERE name = %(name)s")
+
+
+def purge_sql(schema: str, by_range: bool) -> str:
+    """Delete change-log rows every registered consumer of their table has applied."""
+    s = quote(schema)
+    candidates = ("l.id <= %(last_id)s AND l.txid < %(hi)s::text::xid8" if by_range
+                  else "l.txid < %(lo)s::text::xid8")
+    return (f"DELETE FROM {s}.tiersync_change_log l WHERE {candidates} AND NOT EXISTS ("
+            f"SELECT 1 FROM {s}.tiersync_consumer c WHERE (c.tables IS NULL OR l.tbl = ANY(c.tables)) "
+            f"AND NOT (l.txid < c.lo OR (l.txid < c.hi AND l.id <= c.last_id)))")
+
+
+def pending_sql(schema: str) -> str:
+    return (f"SELECT count(*), min(captured_at) FROM {quote(schema)}.tiersync_change_log l "
+            f"WHERE l.tbl = ANY(%(tables)s) AND NOT (l.txid < %(lo)s::text::xid8 "
+            f"OR (l.txid < %(hi)s::text::xid8 AND l.id <= %(last_id)s))")
+
+
+def table_pending_sql(schema: str) -> str:
+    return (f"SELECT tbl, count(*), min(captured_at) FROM {quote(schema)}.tiersync_change_log "
+            f"WHERE tbl = ANY(%(tables)s) GROUP BY tbl")
+
+
+# ---------------------------------------------------------------- applying
+
+def stage_name(table: TableId, columns: tuple[str, ...]) -> str:
+    digest = hashlib.sha1(("\0".join((str(table),) + columns)).encode()).hexdigest()[:12]
+    return f"tiersync_stage_{digest}"
+
+
+def create_stage_sql(stage: str, table: TableId, columns: list[str]) -> str:
+    cols = ", ".join(quote(c) for c in columns)
+    return (f"CREATE TEMP TABLE IF NOT EXISTS {quote(stage)} ON COMMIT DELETE ROWS AS "
+            f"SELECT {cols} FROM {qualified(table)} WITH NO DATA")
+
+
+def copy_sql(stage: str, columns: list[str]) -> str:
+    return f"COPY {quote(stage)} ({', '.join(quote(c) for c in columns)}) FROM STDIN"
+
+
+def upsert_from_stage_sql(stage: str, table: TableId, columns: list[str], key: list[str]) -> str:
+    cols = ", ".join(quote(c) for c in columns)
+    updates = [c for c in columns if c not in key]
+    action = ("DO UPDATE SET " + ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in updates)
+              if updates else "DO NOTHING")
+    conflict = ", ".join(quote(c) for c in key)
+    return (f"INSERT INTO {qualified(table)} ({cols}) SELECT {cols} FROM {quote(stage)} "
+            f"ON CONFLICT ({conflict}) {action}")
+
+
+def insert_from_stage_sql(stage: str, table: TableId, columns: list[str]) -> str:
+    cols = ", ".join(quote(c) for c in columns)
+    return f"INSERT INTO {qualified(table)} ({cols}) SELECT {cols} FROM {quote(stage)}"
+
+
+def delete_from_stage_sql(stage: str, table: TableId, key: list[str]) -> str:
+    match = " AND ".join(f"t.{quote(c)} = s.{quote(c)}" for c in key)
+    return f"DELETE FROM {qualified(table)} t USING {quote(stage)} s WHERE {match}"
+
+
+def set_origin_sql() -> str:
+    return "SELECT set_config('tiersync.origin', %s, true)"
+
+
+# ---------------------------------------------------------------- values
+
+def _walk_json(value: Any) -> Any:
+    """JSON documents are parsed with exact decimals; inside a json column plain floats are expected."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() and "." not in str(value) else float(value)
+    if isinstance(value, list):
+        return [_walk_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _walk_json(v) for k, v in value.items()}
+    return value
+
+
+def _keep_text_on_failure(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
+    """Values Python cannot hold (infinity dates, NaN …) travel as PostgreSQL text and are parsed by the target."""
+    def convert(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return parse(value)
+        except ValueError:
+            return value
+    return convert
+
+
+def _decimal(value: Any) -> Any:
+    return value if isinstance(value, Decimal) else Decimal(str(value))
+
+
+def _float(value: Any) -> Any:
+    return float(value)
+
+
+def _bytea(value: Any) -> Any:
+    return bytes.fromhex(value[2:]) if isinstance(value, str) and value.startswith("\\x") else value
+
+
+_SCALAR_DECODERS: list[tuple[re.Pattern, Callable[[Any], Any] | None]] = [
+    (re.compile(r"^(smallint|integer|bigint|boolean|text|character varying.*|character.*|\"char\")$"), None),
+    (re.compile(r"^numeric"), _decimal),
+    (re.compile(r"^(real|double precision)$"), _float),
+    (re.compile(r"^date$"), _keep_text_on_failure(date.fromisoformat)),
+    (re.compile(r"^time(\(\d\))? without time zone$"), _keep_text_on_failure(time.fromisoformat)),
+    (re.compile(r"^timestamp(\(\d\))? (with|without) time zone$"), _keep_text_on_failure(datetime.fromisoformat)),
+    (re.compile(r"^jsonb?$"), _walk_json),
+    (re.compile(r"^bytea$"), _bytea),
+    (re.compile(r"^uuid$"), _keep_text_on_failure(UUID)),
+]
+
+
+def value_decoder(type_name: str) -> Callable[[Any], Any] | None:
+    """How a value of ``type_name`` in a JSON row image becomes its Python value (None: as it is)."""
+    if type_name.endswith("[]"):
+        element = value_decoder(type_name[:-2])
+        if element is None:
+            return None
+
+        def decode_array(value: Any) -> Any:
+            if isinstance(value, list):
+                return [decode_array(v) for v in value]
+            return None if value is None else element(value)
+        return decode_array
+    for pattern, decoder in _SCALAR_DECODERS:
+        if pattern.match(type_name):
+            return decoder
+    return None  # enums, domains, intervals, network types …: PostgreSQL text, parsed by the target
+
+
+def is_json_type(type_name: str) -> bool:
+    return type_name in ("json", "jsonb")

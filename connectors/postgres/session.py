@@ -1,0 +1,146 @@
+"""Set-based writes into a PostgreSQL target: COPY into a staging table, then one statement per group."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from engine.apply import json_default
+from engine.errors import RowRejected
+from engine.schema import TableInfo
+from engine.seams import DeadLetter, TargetSession
+
+from . import dialect
+from .connection import connect
+from .errors import translate
+
+
+class PostgresSession(TargetSession):
+    """One connection to the target; staging tables live as long as it does."""
+
+    def __init__(self, url: str, schema: str):
+        self.schema = schema
+        self.conn = connect(url, application="tiersync-apply")
+        self.cur = self.conn.cursor()
+        self._stages: set[str] = set()
+        self._created_in_txn: set[str] = set()
+        self._used_in_txn: set[str] = set()
+        self._savepoints = 0
+        self._origin: str | None = None
+        self._json_columns: dict = {}
+        try:
+            self.cur.execute("SET TIME ZONE 'UTC'")  # naive timestamps into timestamptz mean UTC
+            self.conn.commit()
+        except psycopg.Error as exc:
+            raise translate(exc, "preparing the target session") from None
+
+    def _run(self, sql: str, params=None, what: str = "applying to the target") -> None:
+        try:
+            self.cur.execute(sql, params)
+        except psycopg.Error as exc:
+            raise translate(exc, what) from None
+
+    def begin(self) -> None:
+        self._created_in_txn.clear()
+        self._used_in_txn.clear()
+        self._origin = None
+
+    def commit(self) -> None:
+        try:
+            self.conn.commit()
+        except psycopg.Error as exc:
+            raise translate(exc, "committing the batch") from None
+
+    def rollback(self) -> None:
+        self._stages -= self._created_in_txn
+        self._created_in_txn.clear()
+        self._savepoints = 0
+        try:
+            self.conn.rollback()
+        except psycopg.Error:
+            pass  # the connection is gone; the transaction is rolled back with it
+
+    def savepoint(self) -> None:
+        self._savepoints += 1
+        self._run(f"SAVEPOINT tiersync_{self._savepoints}")
+
+    def rollback_to_savepoint(self) -> None:
+        self._run(f"ROLLBACK TO SAVEPOINT tiersync_{self._savepoints}")
+        self._origin = "\0unknown"
+
+    def release_savepoint(self) -> None:
+        self._run(f"RELEASE SAVEPOINT tiersync_{self._savepoints}")
+        self._savepoints -= 1
+
+    def set_origin(self, origin: str | None) -> None:
+        if origin != self._origin:
+            self._run(dialect.set_origin_sql(), (origin or "",))
+            self._origin = origin
+
+    def _stage(self, table: TableInfo, columns: list[str], rows: list[tuple]) -> str:
+        stage = dialect.stage_name(table.id, tuple(columns))
+        if stage not in self._stages:
+            self._run(dialect.create_stage_sql(stage, table.id, columns), what=f"preparing to write {table.id}")
+            self._stages.add(stage)
+            self._created_in_txn.add(stage)
+        elif stage in self._used_in_txn:
+            self._run(f"DELETE FROM {dialect.quote(stage)}")
+        self._used_in_txn.add(stage)
+        json_positions = [i for i, c in enumerate(columns) if self._is_json(table, c)]
+        try:
+            with self.cur.copy(dialect.copy_sql(stage, columns)) as copy:
+                if json_positions:
+                    for row in rows:
+                        row = list(row)
+                        for i in json_positions:
+                            if row[i] is not None:
+                                row[i] = Jsonb(row[i], dumps=_dumps)
+                        copy.write_row(row)
+                else:
+                    for row in rows:
+                        copy.write_row(row)
+        except psycopg.Error as exc:
+            raise translate(exc, f"writing {table.id}") from None
+        except (TypeError, ValueError) as exc:  # a value psycopg cannot adapt
+            raise RowRejected(f"value cannot be written to {table.id}: {exc}") from None
+        return stage
+
+    def _is_json(self, table: TableInfo, column: str) -> bool:
+        known = self._json_columns.get((table.id, column))
+        if known is None:
+            info = table.column(column)
+            known = bool(info and dialect.is_json_type(info.type))
+            self._json_columns[(table.id, column)] = known
+        return known
+
+    def upsert(self, table: TableInfo, columns: list[str], key: list[str], rows: list[tuple]) -> None:
+        stage = self._stage(table, columns, rows)
+        self._run(dialect.upsert_from_stage_sql(stage, table.id, columns, key), what=f"upserting into {table.id}")
+
+    def insert(self, table: TableInfo, columns: list[str], rows: list[tuple]) -> None:
+        stage = self._stage(table, columns, rows)
+        self._run(dialect.insert_from_stage_sql(stage, table.id, columns), what=f"inserting into {table.id}")
+
+    def delete(self, table: TableInfo, key: list[str], keys: list[tuple]) -> None:
+        stage = self._stage(table, key, keys)
+        self._run(dialect.delete_from_stage_sql(stage, table.id, key), what=f"deleting from {table.id}")
+
+    def save_checkpoint(self, pipeline: str, position: str, changes: int) -> None:
+        self._run(dialect.save_checkpoint_sql(self.schema), (pipeline, position, changes), "saving the checkpoint")
+
+    def save_dead_letters(self, letters: list[DeadLetter]) -> None:
+        rows = [(d.pipeline, d.source_table, d.target_table, d.op, Jsonb(d.key, dumps=_dumps), d.error,
+                 Jsonb(d.event, dumps=_dumps), d.position) for d in letters]
+        try:
+            self.cur.executemany(dialect.dead_letter_insert_sql(self.schema), rows)
+        except psycopg.Error as exc:
+            raise translate(exc, "writing dead letters") from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _dumps(value) -> str:
+    return json.dumps(value, default=json_default, ensure_ascii=False)

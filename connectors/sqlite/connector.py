@@ -1,0 +1,123 @@
+"""SQLite as a source (trigger capture) and as a target; the embedded default."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import datetime
+
+from engine.event import TableId
+from engine.schema import ColumnInfo, TableInfo
+from engine.seams import CapturedTable, Connector, Reader, SourceProgress, TargetSession, TriggerCapture
+
+from . import dialect
+from .connection import connect, path_of, translate
+from .position import SqliteLogPosition
+from .reader import SqliteChangeLogReader
+from .session import SqliteSession
+from .triggers import SqliteTriggerCapture
+
+
+class SqliteConnector(Connector):
+    scheme = "sqlite"
+
+    def _query(self, sql: str, params=(), what: str = "reading the catalog") -> list[tuple]:
+        conn = connect(self.url)
+        try:
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise translate(exc, what) from None
+        finally:
+            conn.close()
+
+    def check(self) -> None:
+        self._query("SELECT 1", what="checking the database")
+
+    def qualify(self, name: str) -> TableId:
+        return TableId(None, TableId.parse(name).name)  # SQLite has a single schema
+
+    def describe(self, table: TableId) -> TableInfo | None:
+        if not self._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table.name,)):
+            return None
+        rows = self._query(f"SELECT name, type, \"notnull\", pk, hidden FROM pragma_table_xinfo(?)", (table.name,))
+        columns = tuple(ColumnInfo(name, type_, not notnull, hidden in (2, 3)) for name, type_, notnull, _, hidden in rows
+                        if hidden != 1)
+        key = tuple(name for name, *_ , pk, hidden in sorted(rows, key=lambda r: r[3]) if pk)
+        parents = frozenset(TableId(None, r[0]) for r in self._query("SELECT \"table\" FROM pragma_foreign_key_list(?)",
+                                                                      (table.name,)))
+        return TableInfo(table, columns, key, parents)
+
+    def unique_keys(self, table: TableId) -> list[tuple[str, ...]]:
+        keys = []
+        info = self.describe(table)
+        if info and info.primary_key:
+            keys.append(info.primary_key)
+        for name, unique in self._query("SELECT name, \"unique\" FROM pragma_index_list(?) WHERE partial = 0",
+                                        (table.name,)):
+            if unique:
+                keys.append(tuple(r[0] for r in self._query("SELECT name FROM pragma_index_info(?) ORDER BY seqno",
+                                                             (name,))))
+        return keys
+
+    def trigger_capture(self, node_id: str, consumer: str | None = None) -> TriggerCapture:
+        return SqliteTriggerCapture(self.url, consumer)
+
+    def change_log_reader(self, consumer: str, tables: list[CapturedTable], start: str | None,
+                          node_id: str) -> Reader:
+        return SqliteChangeLogReader(self.url, consumer, tables, start, node_id)
+
+    def change_log_progress(self, tables: list[TableId], position: str | None) -> SourceProgress:
+        if not self._query("SELECT 1 FROM sqlite_master WHERE name = 'tiersync_change_log'"):
+            return SourceProgress(0, None, "no change log")
+        last_id = SqliteLogPosition.from_text(position.partition(":")[2]).last_id if position else 0
+        count, oldest = self._query(dialect.PENDING_SQL, (last_id, json.dumps([str(t) for t in tables])))[0]
+        head = self._query("SELECT coalesce(max(id), 0) FROM tiersync_change_log")[0][0]
+        return SourceProgress(count, datetime.fromisoformat(oldest.replace("Z", "+00:00")) if oldest else None,
+                              f"change-log id {head}")
+
+    def ensure_state(self) -> None:
+        conn = connect(self.url)
+        try:
+            for statement in dialect.STATE_DDL:
+                conn.execute(statement)
+        except sqlite3.Error as exc:
+            raise translate(exc, "creating tiersync's state tables") from None
+        finally:
+            conn.close()
+
+    def target_session(self) -> TargetSession:
+        return SqliteSession(self.url)
+
+    def _state_exists(self) -> bool:
+        return bool(self._query("SELECT 1 FROM sqlite_master WHERE name = 'tiersync_checkpoint'"))
+
+    def load_checkpoint(self, pipeline: str) -> str | None:
+        if not self._state_exists():
+            return None
+        rows = self._query("SELECT position FROM tiersync_checkpoint WHERE pipeline = ?", (pipeline,))
+        return rows[0][0] if rows else None
+
+    def store_checkpoint(self, pipeline: str, position: str) -> None:
+        self.ensure_state()
+        conn = connect(self.url)
+        try:
+            conn.execute(dialect.SAVE_CHECKPOINT_SQL, (pipeline, position, 0))
+        finally:
+            conn.close()
+
+    def dead_letter_count(self, pipeline: str) -> int:
+        if not self._state_exists():
+            return 0
+        return self._query("SELECT count(*) FROM tiersync_dead_letter WHERE pipeline = ?", (pipeline,))[0][0]
+
+    def dead_letters(self, pipeline: str, limit: int) -> list[dict]:
+        if not self._state_exists():
+            return []
+        rows = self._query("SELECT id, source_table, target_table, op, key, error, created_at FROM "
+                           "tiersync_dead_letter WHERE pipeline = ? ORDER BY id LIMIT ?", (pipeline, limit))
+        names = ("id", "source_table", "target_table", "op", "key", "error", "created_at")
+        return [dict(zip(names, r)) for r in rows]
+
+    @property
+    def path(self) -> str:
+        return path_of(self.url)

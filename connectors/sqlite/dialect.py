@@ -1,0 +1,251 @@
+"""Every SQL string and value rule of SQLite that tiersync uses."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import date, datetime, time
+from decimal import Decimal, InvalidOperation
+from typing import Any, Callable
+from uuid import UUID
+
+from engine.event import TableId
+from engine.schema import TableInfo
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def trigger_name(table: TableId, op: str) -> str:
+    return f"tiersync_{table.name}_{op}"
+
+
+CHANGE_LOG_DDL = [
+    """CREATE TABLE IF NOT EXISTS tiersync_change_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tbl TEXT NOT NULL,
+    op TEXT NOT NULL,
+    pk TEXT,
+    before TEXT,
+    after TEXT,
+    origin TEXT,
+    captured_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+)""",
+    """CREATE TABLE IF NOT EXISTS tiersync_consumer (
+    name TEXT PRIMARY KEY,
+    last_id INTEGER NOT NULL,
+    tables TEXT,
+    updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+)""",
+    # written by tiersync's own apply transactions so the triggers can record the change's origin
+    "CREATE TABLE IF NOT EXISTS tiersync_apply_origin (origin TEXT)",
+]
+
+STATE_DDL = [
+    """CREATE TABLE IF NOT EXISTS tiersync_checkpoint (
+    pipeline TEXT PRIMARY KEY,
+    position TEXT NOT NULL,
+    batches INTEGER NOT NULL DEFAULT 0,
+    changes INTEGER NOT NULL DEFAULT 0,
+    updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+)""",
+    """CREATE TABLE IF NOT EXISTS tiersync_dead_letter (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    pipeline TEXT NOT NULL,
+    source_table TEXT NOT NULL,
+    target_table TEXT NOT NULL,
+    op TEXT NOT NULL,
+    key TEXT,
+    error TEXT NOT NULL,
+    event TEXT NOT NULL,
+    position TEXT NOT NULL,
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+)""",
+    "CREATE TABLE IF NOT EXISTS tiersync_apply_origin (origin TEXT)",
+]
+
+SAVE_CHECKPOINT_SQL = (
+    "INSERT INTO tiersync_checkpoint (pipeline, position, batches, changes) VALUES (?, ?, 1, ?) "
+    "ON CONFLICT (pipeline) DO UPDATE SET position = excluded.position, batches = batches + 1, "
+    "changes = changes + excluded.changes, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')")
+
+DEAD_LETTER_SQL = ("INSERT INTO tiersync_dead_letter (pipeline, source_table, target_table, op, key, error, event, "
+                   "position) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def affinity(declared: str) -> str:
+    """SQLite's column affinity rules (section 3.1 of its datatype documentation)."""
+    upper = declared.upper()
+    if "INT" in upper:
+        return "INTEGER"
+    if any(word in upper for word in ("CHAR", "CLOB", "TEXT")):
+        return "TEXT"
+    if upper == "" or "BLOB" in upper:
+        return "BLOB"
+    if any(word in upper for word in ("REAL", "FLOA", "DOUB")):
+        return "REAL"
+    return "NUMERIC"
+
+
+def _image_value(column: str, declared: str, image: str) -> str:
+    ref = f"{image}.{quote(column)}"
+    kind = affinity(declared)
+    # JSON cannot hold a BLOB: blobs travel as hex; reals use the shortest text that reads back exactly
+    # (SQLite's JSON writer keeps only 15 digits of a double)
+    real_text = (f"CASE WHEN CAST(printf('%!.15g', {ref}) AS REAL) = {ref} THEN printf('%!.15g', {ref}) "
+                 f"ELSE printf('%!.17g', {ref}) END")
+    if kind in ("REAL", "NUMERIC"):
+        return f"CASE typeof({ref}) WHEN 'blob' THEN hex({ref}) WHEN 'real' THEN {real_text} ELSE {ref} END"
+    return f"CASE typeof({ref}) WHEN 'blob' THEN hex({ref}) ELSE {ref} END"
+
+
+def _image(table: TableInfo, image: str) -> str:
+    parts = []
+    for column in table.columns:
+        parts.append(literal(column.name))
+        parts.append(_image_value(column.name, column.type, image))
+    return "json_object(" + ", ".join(parts) + ")"
+
+
+def trigger_ddl(table: TableInfo, key: tuple[str, ...]) -> list[str]:
+    name = literal(str(table.id))
+    target = quote(table.id.name)
+    origin = "(SELECT origin FROM tiersync_apply_origin LIMIT 1)"
+
+    def key_of(image: str) -> str:
+        return "json_array(" + ", ".join(_image_value(c, table.column(c).type, image) for c in key) + ")" \
+            if key else "NULL"
+
+    new_image, old_image = _image(table, "NEW"), _image(table, "OLD")
+    return [
+        f"""CREATE TRIGGER IF NOT EXISTS {quote(trigger_name(table.id, 'ins'))} AFTER INSERT ON {target}
+BEGIN
+    INSERT INTO tiersync_change_log (tbl, op, pk, after, origin)
+    VALUES ({name}, 'c', {key_of('NEW')}, {new_image}, {origin});
+END""",
+        f"""CREATE TRIGGER IF NOT EXISTS {quote(trigger_name(table.id, 'upd'))} AFTER UPDATE ON {target}
+WHEN {old_image} IS NOT {new_image}
+BEGIN
+    INSERT INTO tiersync_change_log (tbl, op, pk, before, after, origin)
+    VALUES ({name}, 'u', {key_of('NEW')}, {old_image}, {new_image}, {origin});
+END""",
+        f"""CREATE TRIGGER IF NOT EXISTS {quote(trigger_name(table.id, 'del'))} AFTER DELETE ON {target}
+BEGIN
+    INSERT INTO tiersync_change_log (tbl, op, pk, before, origin)
+    VALUES ({name}, 'd', {key_of('OLD')}, {old_image}, {origin});
+END""",
+    ]
+
+
+def drop_trigger_ddl(table: TableId) -> list[str]:
+    return [f"DROP TRIGGER IF EXISTS {quote(trigger_name(table, op))}" for op in ("ins", "upd", "del")]
+
+
+DROP_CHANGE_LOG_DDL = ["DROP TABLE IF EXISTS tiersync_change_log", "DROP TABLE IF EXISTS tiersync_consumer"]
+
+INSTALLED_TRIGGERS_SQL = "SELECT tbl_name, name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'tiersync\\_%' ESCAPE '\\'"
+
+READ_SQL = ("SELECT id, tbl, op, pk, before, after, origin, captured_at FROM tiersync_change_log "
+            "WHERE id > ? AND tbl IN (SELECT value FROM json_each(?)) ORDER BY id LIMIT ?")
+
+PURGE_SQL = ("DELETE FROM tiersync_change_log WHERE id <= ? AND NOT EXISTS (SELECT 1 FROM tiersync_consumer c "
+             "WHERE (c.tables IS NULL OR tiersync_change_log.tbl IN (SELECT value FROM json_each(c.tables))) "
+             "AND tiersync_change_log.id > c.last_id)")
+
+PENDING_SQL = ("SELECT count(*), min(captured_at) FROM tiersync_change_log "
+               "WHERE id > ? AND tbl IN (SELECT value FROM json_each(?))")
+
+TABLE_PENDING_SQL = "SELECT tbl, count(*), min(captured_at) FROM tiersync_change_log GROUP BY tbl"
+
+REGISTER_CONSUMER_SQL = ("INSERT INTO tiersync_consumer (name, last_id, tables) VALUES (?, ?, ?) "
+                         "ON CONFLICT (name) DO UPDATE SET tables = excluded.tables")
+
+UPDATE_CONSUMER_SQL = ("UPDATE tiersync_consumer SET last_id = ?, "
+                       "updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE name = ?")
+
+
+def upsert_sql(table: TableId, columns: list[str], key: list[str]) -> str:
+    cols = ", ".join(quote(c) for c in columns)
+    marks = ", ".join("?" for _ in columns)
+    updates = [c for c in columns if c not in key]
+    action = ("DO UPDATE SET " + ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in updates)
+              if updates else "DO NOTHING")
+    return (f"INSERT INTO {quote(table.name)} ({cols}) VALUES ({marks}) "
+            f"ON CONFLICT ({', '.join(quote(c) for c in key)}) {action}")
+
+
+def insert_sql(table: TableId, columns: list[str]) -> str:
+    return (f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
+            f"VALUES ({', '.join('?' for _ in columns)})")
+
+
+def delete_sql(table: TableId, key: list[str]) -> str:
+    return f"DELETE FROM {quote(table.name)} WHERE " + " AND ".join(f"{quote(c)} = ?" for c in key)
+
+
+# ---------------------------------------------------------------- values
+
+def _lenient(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """SQLite stores whatever it is given: a value that does not parse travels as it is."""
+    def convert(value: Any) -> Any:
+        try:
+            return parse(value)
+        except (ValueError, TypeError, InvalidOperation):
+            return value
+    return convert
+
+
+def _decimal(value: Any) -> Any:
+    return Decimal(str(value)) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else value
+
+
+def _real(value: Any) -> Any:
+    return float(value) if isinstance(value, (int, str)) else value
+
+
+def _bool(value: Any) -> Any:
+    return bool(value) if isinstance(value, int) else value
+
+
+def _text_only(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
+    return lambda value: parse(value) if isinstance(value, str) else value
+
+
+def _blob(value: Any) -> Any:
+    return bytes.fromhex(value) if isinstance(value, str) else value
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _array(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) and value.startswith("[") else value
+
+
+_DECODERS: list[tuple[re.Pattern, Callable[[Any], Any]]] = [
+    (re.compile(r"\[\]$"), _array),
+    (re.compile(r"^BOOL"), _bool),
+    (re.compile(r"^(DATETIME|TIMESTAMP)"), _text_only(lambda v: datetime.fromisoformat(v.replace(" ", "T", 1)))),
+    (re.compile(r"^DATE"), _text_only(date.fromisoformat)),
+    (re.compile(r"^TIME"), _text_only(time.fromisoformat)),
+    (re.compile(r"^(DECIMAL|NUMERIC|MONEY)"), _decimal),
+    (re.compile(r"^(REAL|FLOAT|DOUBLE)"), _real),
+    (re.compile(r"^(JSON|JSONB)$"), _json),
+    (re.compile(r"^UUID$"), _text_only(UUID)),
+    (re.compile(r"^(BLOB|BYTEA|BINARY|VARBINARY)"), _blob),
+]
+
+
+def value_decoder(declared: str) -> Callable[[Any], Any] | None:
+    """How a value of a column declared ``declared`` in a JSON row image becomes its Python value."""
+    upper = declared.strip().upper()
+    for pattern, decoder in _DECODERS:
+        if pattern.search(upper):
+            return _lenient(decoder)
+    return None

@@ -1,0 +1,79 @@
+"""Reads the SQLite trigger change log in id order (commit order, see :mod:`.position`)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import datetime
+from decimal import Decimal
+
+from engine.event import ChangeEvent, Op, TableId
+from engine.seams import CapturedTable, Reader, ReadBatch
+
+from . import dialect
+from .connection import connect, translate
+from .position import SqliteLogPosition
+
+_OPS = {"c": Op.CREATE, "u": Op.UPDATE, "d": Op.DELETE}
+
+
+class SqliteChangeLogReader(Reader):
+    def __init__(self, url: str, consumer: str, tables: list[CapturedTable], start: str | None, node_id: str):
+        self.consumer, self.node_id = consumer, node_id
+        self.tables = {str(t.info.id): t for t in tables}
+        self.tables_json = json.dumps(list(self.tables))
+        self.decoders = {name: {c.name: d for c in t.info.columns if (d := dialect.value_decoder(c.type))}
+                         for name, t in self.tables.items()}
+        self.position = SqliteLogPosition.from_text(start) if start else SqliteLogPosition()
+        self.conn = connect(url)
+        self.database = url
+        self._execute(dialect.REGISTER_CONSUMER_SQL, (consumer, self.position.last_id, self.tables_json))
+
+    def _execute(self, sql: str, params=()):
+        try:
+            return self.conn.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise translate(exc, "reading the change log") from None
+
+    def _decode(self, table: str, text: str | None):
+        if text is None:
+            return None
+        image = json.loads(text, parse_float=Decimal)
+        decoders = self.decoders[table]
+        for column, value in image.items():
+            if value is not None:
+                decode = decoders.get(column)
+                if decode is not None:
+                    image[column] = decode(value)
+                elif isinstance(value, Decimal):
+                    image[column] = float(value)
+        return image
+
+    def read(self, max_events: int) -> ReadBatch:
+        rows = self._execute(dialect.READ_SQL, (self.position.last_id, self.tables_json, max_events)).fetchall()
+        if rows:
+            self.position = SqliteLogPosition(rows[-1][0])
+        events = [self._event(row) for row in rows]
+        return ReadBatch(events, self.position.serialise())
+
+    def _event(self, row) -> ChangeEvent:
+        row_id, tbl, op, pk, before, after, origin, captured_at = row
+        return ChangeEvent(
+            op=_OPS[op], table=TableId.parse(tbl), key=tuple(json.loads(pk)) if pk else (),
+            before=self._decode(tbl, before), after=self._decode(tbl, after), seq=row_id,
+            origin=origin or self.node_id, captured_at=datetime.fromisoformat(captured_at.replace("Z", "+00:00")),
+            source_node=self.node_id, source_database=self.database)
+
+    def acknowledge(self, position: str) -> None:
+        last_id = SqliteLogPosition.from_text(position.partition(":")[2]).last_id
+        self._execute("BEGIN IMMEDIATE")
+        try:
+            self._execute(dialect.UPDATE_CONSUMER_SQL, (last_id, self.consumer))
+            self._execute(dialect.PURGE_SQL, (last_id,))
+            self._execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self.conn.close()

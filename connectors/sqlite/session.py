@@ -1,0 +1,91 @@
+"""Writes into a SQLite target: multi-row statements inside one transaction."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from engine.apply import json_default
+from engine.schema import TableInfo
+from engine.seams import DeadLetter, TargetSession
+
+from . import dialect
+from .connection import connect, translate
+
+
+class SqliteSession(TargetSession):
+    def __init__(self, url: str):
+        self.conn = connect(url)
+        self._savepoints = 0
+        self._origin: str | None = None
+
+    def _run(self, sql: str, params=(), what: str = "applying to the target"):
+        try:
+            return self.conn.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise translate(exc, what) from None
+
+    def _many(self, sql: str, rows: list[tuple], what: str) -> None:
+        try:
+            self.conn.executemany(sql, rows)
+        except (sqlite3.Error, OverflowError) as exc:
+            raise translate(exc, what) from None
+
+    def begin(self) -> None:
+        self._run("BEGIN IMMEDIATE")
+        self._origin = None
+
+    def commit(self) -> None:
+        self._run("DELETE FROM tiersync_apply_origin")
+        self._run("COMMIT")
+
+    def rollback(self) -> None:
+        self._savepoints = 0
+        try:
+            self.conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+    def savepoint(self) -> None:
+        self._savepoints += 1
+        self._run(f"SAVEPOINT tiersync_{self._savepoints}")
+
+    def rollback_to_savepoint(self) -> None:
+        self._run(f"ROLLBACK TO tiersync_{self._savepoints}")
+        self._origin = "\0unknown"
+
+    def release_savepoint(self) -> None:
+        self._run(f"RELEASE tiersync_{self._savepoints}")
+        self._savepoints -= 1
+
+    def set_origin(self, origin: str | None) -> None:
+        if origin != self._origin:
+            self._run("DELETE FROM tiersync_apply_origin")
+            if origin:
+                self._run("INSERT INTO tiersync_apply_origin (origin) VALUES (?)", (origin,))
+            self._origin = origin
+
+    def upsert(self, table: TableInfo, columns: list[str], key: list[str], rows: list[tuple]) -> None:
+        self._many(dialect.upsert_sql(table.id, columns, key), rows, f"upserting into {table.id}")
+
+    def insert(self, table: TableInfo, columns: list[str], rows: list[tuple]) -> None:
+        self._many(dialect.insert_sql(table.id, columns), rows, f"inserting into {table.id}")
+
+    def delete(self, table: TableInfo, key: list[str], keys: list[tuple]) -> None:
+        self._many(dialect.delete_sql(table.id, key), keys, f"deleting from {table.id}")
+
+    def save_checkpoint(self, pipeline: str, position: str, changes: int) -> None:
+        self._run(dialect.SAVE_CHECKPOINT_SQL, (pipeline, position, changes), "saving the checkpoint")
+
+    def save_dead_letters(self, letters: list[DeadLetter]) -> None:
+        rows = [(d.pipeline, d.source_table, d.target_table, d.op, _dumps(d.key), d.error, _dumps(d.event),
+                 d.position) for d in letters]
+        self._many(dialect.DEAD_LETTER_SQL, rows, "writing dead letters")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _dumps(value) -> str:
+    return json.dumps(value, default=json_default, ensure_ascii=False)
+

@@ -1,0 +1,232 @@
+"""The node configuration: typed, frozen, validated once, every problem reported together.
+
+A node's YAML names the node, its databases and its pipelines. Validation runs
+in two layers: the shape (pydantic, with the YAML line of each problem) and
+the cross-references (a pipeline naming a database that is not declared, a
+mapping for a table that is not captured). Checks against live schemas are in
+:mod:`engine.preflight`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+from .yamlsource import LoadedYaml, load_yaml
+
+SyncMode = Literal["mirror", "upsert", "append"]
+Tier = Literal["county", "city", "province", "national", "enterprise", "department"]
+CAST_NAMES = ("int", "float", "decimal", "text", "bool", "date", "time", "timestamp", "timestamptz", "json", "bytes")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeConfig(_Strict):
+    id: str = Field(min_length=1)
+    tier: Tier
+    region: str = Field(pattern=r"^\d{6}$", description="6-digit administrative region code")
+    name: str = ""
+
+
+class DatabaseConfig(_Strict):
+    url: str
+    state_schema: str = Field(default="tiersync", description="schema of tiersync's own tables (PostgreSQL)")
+
+    @field_validator("url")
+    @classmethod
+    def _has_scheme(cls, value: str) -> str:
+        if "://" not in value:
+            raise ValueError("a database URL looks like postgresql://user@host:5432/db or sqlite:///path/to.db")
+        return value
+
+    def redacted_url(self) -> str:
+        return redact_url(self.url)
+
+
+class ColumnRule(_Strict):
+    to: str | None = None
+    cast: str | None = None
+
+    @field_validator("cast")
+    @classmethod
+    def _known_cast(cls, value: str | None) -> str | None:
+        if value is not None and value not in CAST_NAMES:
+            raise ValueError(f"unknown cast {value!r}; one of: {', '.join(CAST_NAMES)}{_suggest(value, CAST_NAMES)}")
+        return value
+
+
+class MetadataColumns(_Strict):
+    """Target columns filled from the change itself rather than from the row."""
+
+    op: str | None = None
+    captured_at: str | None = None
+    origin: str | None = None
+    source_table: str | None = None
+
+
+class MappingConfig(_Strict):
+    source: str
+    target: str | None = None
+    columns: dict[str, str | ColumnRule] = Field(default_factory=dict)
+    drop: list[str] = Field(default_factory=list)
+    constants: dict[str, Any] = Field(default_factory=dict)
+    key: list[str] | None = Field(default=None, description="target key columns")
+    source_key: list[str] | None = Field(default=None, description="source key columns for tables without a primary key")
+    mode: SyncMode | None = None
+    include_unlisted: bool = True
+    metadata: MetadataColumns = MetadataColumns()
+
+
+class SourceConfig(_Strict):
+    database: str
+    capture: Literal["trigger"] = "trigger"
+    tables: list[str] = Field(min_length=1)
+
+
+class TargetConfig(_Strict):
+    database: str
+    node: str | None = Field(default=None, description="node id behind the target; its own changes are never sent back")
+    mode: SyncMode = "mirror"
+
+
+class PipelineConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    source: SourceConfig
+    target: TargetConfig
+    mappings: list[MappingConfig] = Field(default_factory=list)
+    batch_size: int = Field(default=5000, ge=1, le=1_000_000)
+    poll_interval: float = Field(default=1.0, gt=0, le=3600)
+
+    def mapping_for(self, table: str) -> MappingConfig | None:
+        for mapping in self.mappings:
+            if mapping.source == table:
+                return mapping
+        return None
+
+
+class Config(_Strict):
+    node: NodeConfig
+    databases: dict[str, DatabaseConfig]
+    pipelines: list[PipelineConfig] = Field(default_factory=list)
+
+    def pipeline(self, name: str) -> PipelineConfig:
+        for pipeline in self.pipelines:
+            if pipeline.name == name:
+                return pipeline
+        names = [p.name for p in self.pipelines]
+        raise ConfigError([f"no pipeline named {name!r}{_suggest(name, names)}; pipelines: {', '.join(names) or 'none'}"])
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced, for printing."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    return list(model.model_fields)
+
+
+def _model_at(path: tuple) -> type[BaseModel] | None:
+    """The config model that owns the mapping at ``path``, for 'did you mean' on unknown keys."""
+    models: dict[tuple, type[BaseModel]] = {
+        (): Config,
+        ("node",): NodeConfig,
+        ("databases", "*"): DatabaseConfig,
+        ("pipelines", "*"): PipelineConfig,
+        ("pipelines", "*", "source"): SourceConfig,
+        ("pipelines", "*", "target"): TargetConfig,
+        ("pipelines", "*", "mappings", "*"): MappingConfig,
+        ("pipelines", "*", "mappings", "*", "metadata"): MetadataColumns,
+        ("pipelines", "*", "mappings", "*", "columns", "*"): ColumnRule,
+    }
+    generic = tuple("*" if isinstance(p, int) or (i == 1 and path[0] == "databases") or
+                    (i == 5 and len(path) > 4 and path[4] == "columns") else p
+                    for i, p in enumerate(path))
+    return models.get(generic)
+
+
+def _describe(error: dict, source: LoadedYaml) -> str:
+    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p in {"str", "ColumnRule"}))
+    dotted = ".".join(str(p) for p in loc) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        model = _model_at(loc[:-1])
+        hint = _suggest(loc[-1], _field_names(model)) if model else ""
+        return f"{source.where(loc)}: unknown key {loc[-1]!r} in {'.'.join(str(p) for p in loc[:-1]) or 'top level'}{hint}"
+    if kind == "missing":
+        return f"{source.where(loc[:-1])}: {dotted} is required"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{source.where(loc)}: {dotted}: {message}"
+
+
+def _cross_check(config: Config, source: LoadedYaml) -> list[str]:
+    problems: list[str] = []
+    names = list(config.databases)
+    seen: set[str] = set()
+    for i, pipeline in enumerate(config.pipelines):
+        base = ("pipelines", i)
+        if pipeline.name in seen:
+            problems.append(f"{source.where(base + ('name',))}: pipeline name {pipeline.name!r} is used twice")
+        seen.add(pipeline.name)
+        for side in ("source", "target"):
+            db = getattr(pipeline, side).database
+            if db not in config.databases:
+                problems.append(
+                    f"{source.where(base + (side, 'database'))}: {side} database {db!r} is not declared "
+                    f"under databases{_suggest(db, names)}")
+        if pipeline.source.database == pipeline.target.database:
+            problems.append(f"{source.where(base + ('target', 'database'))}: source and target are the same database")
+        tables = pipeline.source.tables
+        if len(set(tables)) != len(tables):
+            problems.append(f"{source.where(base + ('source', 'tables'))}: a table is listed twice")
+        mapped: set[str] = set()
+        for j, mapping in enumerate(pipeline.mappings):
+            where = source.where(base + ("mappings", j, "source"))
+            if mapping.source not in tables:
+                problems.append(f"{where}: mapping source {mapping.source!r} is not in the pipeline's "
+                                f"source tables{_suggest(mapping.source, tables)}")
+            if mapping.source in mapped:
+                problems.append(f"{where}: a second mapping for {mapping.source!r}")
+            mapped.add(mapping.source)
+            dropped_and_renamed = set(mapping.drop) & set(mapping.columns)
+            if dropped_and_renamed:
+                problems.append(f"{where}: columns both dropped and mapped: {', '.join(sorted(dropped_and_renamed))}")
+    return problems
+
+
+def load_config(path: str | Path) -> Config:
+    """Load and validate a node YAML; raise :class:`ConfigError` with every problem at once."""
+    if not Path(path).is_file():
+        raise ConfigError([f"{path}: no such configuration file"])
+    source = load_yaml(path)
+    problems = list(source.problems)
+    if source.data is None and not problems:
+        problems.append(f"{source.file}: the file is empty")
+    if problems:
+        raise ConfigError(problems)
+    if not isinstance(source.data, dict):
+        raise ConfigError([f"{source.file}:1: the top level must be a mapping with node, databases and pipelines"])
+    try:
+        config = Config.model_validate(source.data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        union_parts = {tuple(e["loc"][:e["loc"].index("ColumnRule")]) for e in errors if "ColumnRule" in e["loc"]}
+        errors = [e for e in errors
+                  if not ("str" in e["loc"] and tuple(e["loc"][:e["loc"].index("str")]) in union_parts)]
+        raise ConfigError([_describe(e, source) for e in errors]) from None
+    problems = _cross_check(config, source)
+    if problems:
+        raise ConfigError(problems)
+    return config

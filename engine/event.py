@@ -1,0 +1,73 @@
+"""The canonical change event: every reader produces it, everything downstream consumes it.
+
+Semantics follow Debezium's envelope (``op`` c/u/d/r/t, ``before``/``after``
+row images, a ``source`` block) plus tiersync's ``origin`` (the node where the
+change first happened) and ``path`` (the nodes it passed through).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+
+class Op(str, Enum):
+    CREATE = "c"
+    UPDATE = "u"
+    DELETE = "d"
+    READ = "r"
+    TRUNCATE = "t"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class TableId:
+    """A schema-qualified table name; ``schema`` is None where the database has none (SQLite)."""
+
+    schema: str | None
+    name: str
+
+    @classmethod
+    def parse(cls, text: str) -> TableId:
+        schema, dot, name = text.rpartition(".")
+        if not name:
+            raise ValueError(f"empty table name in {text!r}")
+        return cls(schema if dot else None, name)
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.name}" if self.schema else self.name
+
+
+Row = dict[str, Any]
+
+
+@dataclass(slots=True)
+class ChangeEvent:
+    """One captured row change.
+
+    ``key`` holds the values of the table's key columns in key order, taken
+    from ``after`` (or ``before`` for a delete). ``seq`` orders events of one
+    source; ``txid`` groups them by source transaction where the source knows
+    it.
+    """
+
+    op: Op
+    table: TableId
+    key: tuple
+    before: Row | None
+    after: Row | None
+    seq: int
+    txid: int | None = None
+    origin: str = ""
+    path: tuple[str, ...] = ()
+    captured_at: datetime | None = None
+    source_node: str = ""
+    source_database: str = ""
+    snapshot: bool = False
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def row(self) -> Row | None:
+        """The image that describes the row's state after the change (before image for deletes)."""
+        return self.before if self.op is Op.DELETE else self.after

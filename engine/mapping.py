@@ -1,0 +1,134 @@
+"""Mapping rules: turn a source change event into the changes a target table receives.
+
+This is the seam the rules engine grows from: a :class:`CompiledMapping` is
+built once per source table from its :class:`~engine.config.MappingConfig`
+and the table metadata of both sides, and ``map`` is then a tight loop over
+precomputed column plans.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+from .casts import caster
+from .config import ColumnRule, MappingConfig, SyncMode
+from .event import ChangeEvent, Op, Row, TableId
+from .schema import TableInfo
+
+ChangeKind = Literal["upsert", "insert", "delete"]
+
+
+@dataclass(slots=True)
+class TargetChange:
+    """One row operation on a target table, with the event that caused it."""
+
+    kind: ChangeKind
+    table: TableId
+    key: tuple
+    row: Row | None
+    event: ChangeEvent
+    key_columns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ColumnPlan:
+    source: str
+    target: str
+    convert: Callable[[Any], Any] | None
+
+
+class CompiledMapping:
+    """One source table's rules, ready to apply to events."""
+
+    def __init__(self, config: MappingConfig, source: TableInfo, source_key: tuple[str, ...],
+                 target: TableId, default_mode: SyncMode):
+        self.config = config
+        self.source = source
+        self.target = target
+        self.mode: SyncMode = config.mode or default_mode
+        self.source_key = source_key
+        self.plans: dict[str, ColumnPlan | None] = {}
+        dropped = set(config.drop)
+        for column in source.column_names:
+            rule = config.columns.get(column)
+            if column in dropped or (rule is None and not config.include_unlisted):
+                self.plans[column] = None
+                continue
+            if isinstance(rule, ColumnRule):
+                self.plans[column] = ColumnPlan(column, rule.to or column, caster(rule.cast) if rule.cast else None)
+            else:
+                self.plans[column] = ColumnPlan(column, rule or column, None)
+        self.constants = dict(config.constants)
+        self.metadata = config.metadata
+        renamed = {c: p.target for c, p in self.plans.items() if p}
+        if config.key:
+            self.target_key = tuple(config.key)
+        else:
+            self.target_key = tuple(renamed.get(c, c) for c in source_key)
+
+    def target_columns(self) -> list[str]:
+        """Every target column this mapping writes."""
+        columns = [p.target for p in self.plans.values() if p]
+        columns += list(self.constants)
+        columns += [c for c in (self.metadata.op, self.metadata.captured_at, self.metadata.origin,
+                                self.metadata.source_table) if c]
+        return columns
+
+    def map_row(self, row: Row, event: ChangeEvent) -> Row:
+        out: Row = {}
+        plans = self.plans
+        for column, value in row.items():
+            plan = plans.get(column, _UNKNOWN)
+            if plan is _UNKNOWN:  # a column added to the source after the rules were compiled
+                if not self.config.include_unlisted or column in self.config.drop:
+                    continue
+                out[column] = value
+            elif plan is not None:
+                out[plan.target] = plan.convert(value) if plan.convert else value
+        if self.constants:
+            out.update(self.constants)
+        meta = self.metadata
+        if meta.op:
+            out[meta.op] = event.op.value
+        if meta.captured_at:
+            out[meta.captured_at] = event.captured_at
+        if meta.origin:
+            out[meta.origin] = event.origin
+        if meta.source_table:
+            out[meta.source_table] = str(event.table)
+        return out
+
+    def _key_of(self, row: Row) -> tuple:
+        return tuple(row.get(c) for c in self.target_key)
+
+    def map(self, event: ChangeEvent) -> list[TargetChange]:
+        """The target changes for one event, in the order they must run."""
+        op = event.op
+        if self.mode == "append":
+            if op is Op.DELETE and not self.metadata.op:
+                return []
+            image = event.before if op is Op.DELETE else event.after
+            if image is None:
+                return []
+            row = self.map_row(image, event)
+            return [TargetChange("insert", self.target, (), row, event, ())]
+        if op is Op.DELETE:
+            if self.mode == "upsert" or event.before is None:
+                return []
+            row = self.map_row(event.before, event)
+            return [TargetChange("delete", self.target, self._key_of(row), None, event, self.target_key)]
+        if op is Op.TRUNCATE or event.after is None:
+            return []
+        row = self.map_row(event.after, event)
+        key = self._key_of(row)
+        changes = []
+        if op is Op.UPDATE and event.before is not None and self.mode == "mirror":
+            old_key = self._key_of(self.map_row({c: event.before.get(c) for c in self.source_key}, event))
+            if old_key != key:  # the key itself changed: the old row goes away
+                changes.append(TargetChange("delete", self.target, old_key, None, event, self.target_key))
+        changes.append(TargetChange("upsert", self.target, key, row, event, self.target_key))
+        return changes
+
+
+_UNKNOWN = object()

@@ -1,0 +1,70 @@
+"""Run a node's pipelines side by side until stopped; report their progress."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from .config import Config
+from .errors import TiersyncError
+from .pipeline import PipelineRunner
+from .registry import connector_for
+
+log = logging.getLogger(__name__)
+
+
+def run_node(config: Config, names: list[str], *, once: bool, stop: threading.Event) -> dict[str, str]:
+    """Run ``names`` (one thread each); returns the pipelines that failed with their errors."""
+    failures: dict[str, str] = {}
+    runners = [PipelineRunner(config, name, stop) for name in names]
+
+    def drive(runner: PipelineRunner) -> None:
+        try:
+            runner.run(once=once)
+        except TiersyncError as exc:
+            failures[runner.pipeline.name] = str(exc)
+            log.error("pipeline %s stopped: %s", runner.pipeline.name, exc)
+        except Exception as exc:  # noqa: BLE001 - a bug must stop this pipeline loudly, not the others
+            failures[runner.pipeline.name] = f"{type(exc).__name__}: {exc}"
+            log.exception("pipeline %s stopped by an unexpected error", runner.pipeline.name)
+
+    threads = [threading.Thread(target=drive, args=(r,), name=r.pipeline.name, daemon=True) for r in runners]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(0.2)
+    return failures
+
+
+@dataclass
+class PipelineStatus:
+    name: str
+    source_position: str
+    applied_position: str
+    pending: int
+    lag_seconds: float
+    dead_letters: int
+    error: str = ""
+
+
+def pipeline_status(config: Config, name: str) -> PipelineStatus:
+    """Where a pipeline stands, read from its source and target without changing either."""
+    pipeline = config.pipeline(name)
+    source_db = config.databases[pipeline.source.database]
+    target_db = config.databases[pipeline.target.database]
+    try:
+        source = connector_for(source_db.url, source_db.state_schema)
+        target = connector_for(target_db.url, target_db.state_schema)
+        checkpoint = target.load_checkpoint(name)
+        tables = [source.qualify(t) for t in pipeline.source.tables]
+        progress = source.change_log_progress(tables, checkpoint)
+        lag = 0.0
+        if progress.oldest_pending is not None:
+            lag = max(0.0, (datetime.now(timezone.utc) - progress.oldest_pending).total_seconds())
+        return PipelineStatus(name, progress.head, checkpoint or "-", progress.pending, lag,
+                              target.dead_letter_count(name))
+    except TiersyncError as exc:
+        return PipelineStatus(name, "?", "?", -1, -1.0, -1, str(exc))

@@ -1,0 +1,137 @@
+"""Run one pipeline: read a batch, map it, apply it with its checkpoint, then acknowledge the source.
+
+The order is the whole of the exactly-once argument: the target commits the
+rows and the checkpoint in one transaction; the source is acknowledged (its
+change log purged) only after that commit; after any crash the reader starts
+again from the checkpoint stored in the target.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from .apply import Batch, BatchApplier, event_to_json
+from .config import Config
+from .errors import TerminalError, TransientError
+from .mapping import TargetChange
+from .plan import PipelinePlan, build_plan
+from .seams import DeadLetter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineStats:
+    batches: int = 0
+    events: int = 0
+    applied: int = 0
+    dead_letters: int = 0
+    echoes_skipped: int = 0
+    retries: int = 0
+    last_error: str = ""
+    started: float = field(default_factory=time.monotonic)
+
+
+class PipelineRunner:
+    """Drives one pipeline until told to stop; rebuilds itself after transient failures."""
+
+    def __init__(self, config: Config, name: str, stop: threading.Event | None = None,
+                 max_backoff: float = 30.0):
+        self.config = config
+        self.pipeline = config.pipeline(name)
+        self.stop = stop or threading.Event()
+        self.max_backoff = max_backoff
+        self.stats = PipelineStats()
+        self.plan: PipelinePlan | None = None
+        self.reader = None
+        self.session = None
+        self.applier: BatchApplier | None = None
+
+    # -------------------------------------------------------------- set-up
+
+    def open(self) -> None:
+        plan = build_plan(self.config, self.pipeline)
+        plan.target.ensure_state()
+        start = plan.target.load_checkpoint(self.pipeline.name)
+        self.reader = plan.source.change_log_reader(self.pipeline.name, plan.captured, start, plan.node_id)
+        self.session = plan.target.target_session()
+        self.applier = BatchApplier(self.session, plan.target_tables)
+        self.plan = plan
+        log.info("pipeline %s: started from %s", self.pipeline.name, start or "the beginning of the change log")
+
+    def close(self) -> None:
+        for part in (self.reader, self.session):
+            if part is not None:
+                try:
+                    part.close()
+                except Exception:  # noqa: BLE001 - closing a broken connection must not hide the real error
+                    pass
+        self.reader = self.session = self.applier = None
+
+    # -------------------------------------------------------------- one batch
+
+    def _is_echo(self, origin: str, path: tuple[str, ...]) -> bool:
+        target_node = self.pipeline.target.node
+        return bool(target_node) and (origin == target_node or target_node in path)
+
+    def step(self) -> int:
+        """Move one batch; returns how many source events it consumed (0: nothing pending)."""
+        read = self.reader.read(self.pipeline.batch_size)
+        if not read.events:
+            return 0
+        mappings = self.plan.mappings
+        changes: list[TargetChange] = []
+        rejected: list[DeadLetter] = []
+        for event in read.events:
+            if self._is_echo(event.origin, event.path):
+                self.stats.echoes_skipped += 1
+                continue
+            mapping = mappings[event.table]
+            try:
+                changes.extend(mapping.map(event))
+            except (ValueError, TypeError, ArithmeticError) as exc:
+                rejected.append(DeadLetter(self.pipeline.name, str(event.table), str(mapping.target),
+                                           event.op.value, list(event.key), f"mapping failed: {exc}",
+                                           event_to_json(event), read.position))
+        batch = Batch(self.pipeline.name, changes, read.position, len(read.events), rejected)
+        result = self.applier.apply(batch)
+        self.reader.acknowledge(read.position)
+        self.stats.batches += 1
+        self.stats.events += len(read.events)
+        self.stats.applied += result.applied
+        self.stats.dead_letters += result.dead_letters
+        return len(read.events)
+
+    # -------------------------------------------------------------- the loop
+
+    def run(self, once: bool = False) -> None:
+        """Run until ``stop`` is set (or, with ``once``, until nothing is pending). Terminal errors propagate."""
+        failures = 0
+        while not self.stop.is_set():
+            try:
+                if self.plan is None:
+                    self.open()
+                moved = self.step()
+                failures = 0
+                if moved == 0:
+                    if once:
+                        return
+                    self.stop.wait(self.pipeline.poll_interval)
+            except TransientError as exc:
+                failures += 1
+                self.stats.retries += 1
+                self.stats.last_error = str(exc)
+                delay = min(self.max_backoff, 0.5 * 2 ** min(failures, 10))
+                log.warning("pipeline %s: %s — retrying in %.1fs from the last checkpoint",
+                            self.pipeline.name, exc, delay)
+                self.close()
+                self.plan = None
+                self.stop.wait(delay)
+            except TerminalError as exc:
+                self.stats.last_error = str(exc)
+                self.close()
+                raise
+        self.close()

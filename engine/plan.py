@@ -1,0 +1,125 @@
+"""Resolve a pipeline's configuration against the live databases, reporting every problem at once.
+
+A :class:`PipelinePlan` holds what the runner needs: the two connectors, the
+captured tables with their key columns, the compiled mappings and the target
+tables' metadata. Building it checks that every table and column the rules
+name exists, that each target key can be matched by an upsert, and that every
+captured table has a key (or is appended as history).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from .config import Config, MappingConfig, PipelineConfig
+from .errors import ConfigError, TerminalError, TransientError
+from .event import TableId
+from .mapping import CompiledMapping
+from .registry import connector_for
+from .schema import TableInfo
+from .seams import CapturedTable, Connector
+
+
+@dataclass
+class PipelinePlan:
+    config: PipelineConfig
+    node_id: str
+    source: Connector
+    target: Connector
+    captured: list[CapturedTable]
+    mappings: dict[TableId, CompiledMapping]
+    target_tables: dict[TableId, TableInfo]
+
+    def close(self) -> None:
+        self.source.close()
+        self.target.close()
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def source_tables(config: Config, pipeline: PipelineConfig, source: Connector,
+                  problems: list[str]) -> list[CapturedTable]:
+    """Describe the pipeline's captured tables and settle each one's key columns."""
+    captured = []
+    for name in pipeline.source.tables:
+        table = source.qualify(name)
+        info = source.describe(table)
+        if info is None:
+            problems.append(f"pipeline {pipeline.name}: source table {table} does not exist "
+                            f"in database {pipeline.source.database!r}")
+            continue
+        mapping = pipeline.mapping_for(name)
+        mode = (mapping.mode if mapping and mapping.mode else None) or pipeline.target.mode
+        key = tuple(mapping.source_key) if mapping and mapping.source_key else info.primary_key
+        for column in key:
+            if info.column(column) is None:
+                problems.append(f"pipeline {pipeline.name}: key column {column!r} is not in {table}"
+                                f"{_suggest(column, info.column_names)}")
+        if not key and mode != "append":
+            problems.append(f"pipeline {pipeline.name}: table {table} has no primary key; name its key "
+                            f"columns with source_key in its mapping, or replicate it with mode: append")
+        captured.append(CapturedTable(info, key))
+    return captured
+
+
+def build_plan(config: Config, pipeline: PipelineConfig, *, connect_target: bool = True) -> PipelinePlan:
+    """Resolve ``pipeline`` against its databases; raise ConfigError listing every problem."""
+    problems: list[str] = []
+    source_db = config.databases[pipeline.source.database]
+    target_db = config.databases[pipeline.target.database]
+    source = connector_for(source_db.url, source_db.state_schema)
+    target = connector_for(target_db.url, target_db.state_schema)
+    for label, connector in (("source", source), ("target", target)):
+        if label == "target" and not connect_target:
+            continue
+        try:
+            connector.check()
+        except TransientError as exc:  # may come back: the runner retries, `check` reports it
+            raise TransientError(f"pipeline {pipeline.name}: {label} database: {exc}") from None
+        except TerminalError as exc:
+            problems.append(f"pipeline {pipeline.name}: {label} database: {exc}")
+    if problems:
+        raise ConfigError(problems)
+    captured = source_tables(config, pipeline, source, problems)
+    mappings: dict[TableId, CompiledMapping] = {}
+    target_tables: dict[TableId, TableInfo] = {}
+    for table in captured:
+        name = next(n for n in pipeline.source.tables if source.qualify(n) == table.info.id)
+        rules = pipeline.mapping_for(name)
+        if rules is None:
+            rules = MappingConfig(source=name)
+        target_id = target.qualify(rules.target or table.info.id.name)
+        mapping = CompiledMapping(rules, table.info, table.key, target_id, pipeline.target.mode)
+        mappings[table.info.id] = mapping
+        if not connect_target:
+            continue
+        info = target_tables.get(target_id) or target.describe(target_id)
+        where = f"pipeline {pipeline.name}, mapping {name} → {target_id}"
+        if info is None:
+            problems.append(f"{where}: target table {target_id} does not exist")
+            continue
+        target_tables[target_id] = info
+        for rule_source in list(rules.columns) + list(rules.drop):
+            if table.info.column(rule_source) is None:
+                problems.append(f"{where}: source column {rule_source!r} is not in {table.info.id}"
+                                f"{_suggest(rule_source, table.info.column_names)}")
+        for column in mapping.target_columns():
+            target_column = info.column(column)
+            if target_column is None:
+                problems.append(f"{where}: column {column!r} is not in the target table"
+                                f"{_suggest(column, info.column_names)}")
+            elif target_column.generated:
+                problems.append(f"{where}: column {column!r} is generated in the target and cannot be written")
+        if mapping.mode != "append":
+            if not mapping.target_key:
+                problems.append(f"{where}: no target key; set key: [...] in the mapping")
+            elif set(mapping.target_key) not in [set(k) for k in target.unique_keys(target_id)]:
+                problems.append(f"{where}: target key ({', '.join(mapping.target_key)}) is not the primary key or "
+                                f"a unique constraint of {target_id}; add one or set key: [...] to one that is")
+    if problems:
+        raise ConfigError(problems)
+    return PipelinePlan(pipeline, config.node.id, source, target, captured, mappings, target_tables)

@@ -1,0 +1,205 @@
+"""The seams between the engine and the connectors.
+
+A connector implements :class:`Connector` for one kind of database. It hands
+out a :class:`TriggerCapture` (DBA statements), a :class:`Reader` (ordered
+change events with positions) and a :class:`TargetSession` (the primitive
+operations the generic :class:`engine.apply.BatchApplier` composes into one
+atomic batch with its checkpoint). All SQL text lives behind these seams.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .event import ChangeEvent, TableId
+from .schema import TableInfo
+
+
+@dataclass(frozen=True)
+class CapturedTable:
+    """A table a pipeline captures, with the key columns its change log records."""
+
+    info: TableInfo
+    key: tuple[str, ...]
+
+
+@dataclass
+class ReadBatch:
+    """Events read from a source, and the position to checkpoint once they are applied."""
+
+    events: list[ChangeEvent]
+    position: str  # serialised Position
+
+
+@dataclass
+class CaptureStatus:
+    table: TableId
+    installed: bool
+    pending: int
+    oldest_pending: datetime | None
+
+
+@dataclass
+class SourceProgress:
+    """What a source still holds for one consumer."""
+
+    pending: int
+    oldest_pending: datetime | None
+    head: str  # the source's newest position, serialised
+
+
+@dataclass
+class DeadLetter:
+    pipeline: str
+    source_table: str
+    target_table: str
+    op: str
+    key: Any
+    error: str
+    event: dict
+    position: str
+
+
+class Reader(ABC):
+    """Yields a source's changes in order, restartable from a position.
+
+    ``read`` never returns part of what it will later return again once the
+    position it hands out has been acknowledged; ``acknowledge`` lets the
+    source drop what is durable at the target, and is only called after that.
+    """
+
+    @abstractmethod
+    def read(self, max_events: int) -> ReadBatch: ...
+
+    @abstractmethod
+    def acknowledge(self, position: str) -> None: ...
+
+    def close(self) -> None:  # noqa: B027 - optional
+        pass
+
+
+class TriggerCapture(ABC):
+    """Trigger-based capture on one database: every statement can be shown before it runs."""
+
+    @abstractmethod
+    def install_statements(self, tables: list[CapturedTable]) -> list[str]: ...
+
+    @abstractmethod
+    def uninstall_statements(self, tables: list[TableId]) -> list[str]: ...
+
+    @abstractmethod
+    def execute(self, statements: list[str]) -> None: ...
+
+    @abstractmethod
+    def status(self, tables: list[TableId]) -> list[CaptureStatus]: ...
+
+
+class TargetSession(ABC):
+    """Primitive write operations inside one target transaction.
+
+    Implementations translate driver exceptions: a row the database refuses
+    raises :class:`~engine.errors.RowRejected`, a lost connection
+    :class:`~engine.errors.TransientError`, anything needing a person
+    :class:`~engine.errors.TerminalError`.
+    """
+
+    @abstractmethod
+    def begin(self) -> None: ...
+
+    @abstractmethod
+    def commit(self) -> None: ...
+
+    @abstractmethod
+    def rollback(self) -> None: ...
+
+    @abstractmethod
+    def savepoint(self) -> None: ...
+
+    @abstractmethod
+    def rollback_to_savepoint(self) -> None: ...
+
+    @abstractmethod
+    def release_savepoint(self) -> None: ...
+
+    @abstractmethod
+    def set_origin(self, origin: str | None) -> None:
+        """Mark what follows as applied on behalf of ``origin`` so capture on this database records it."""
+
+    @abstractmethod
+    def upsert(self, table: TableInfo, columns: list[str], key: list[str], rows: list[tuple]) -> None: ...
+
+    @abstractmethod
+    def insert(self, table: TableInfo, columns: list[str], rows: list[tuple]) -> None: ...
+
+    @abstractmethod
+    def delete(self, table: TableInfo, key: list[str], keys: list[tuple]) -> None: ...
+
+    @abstractmethod
+    def save_checkpoint(self, pipeline: str, position: str, changes: int) -> None: ...
+
+    @abstractmethod
+    def save_dead_letters(self, letters: list[DeadLetter]) -> None: ...
+
+
+class Connector(ABC):
+    """One database: its catalog, capture, reader and target session."""
+
+    scheme: str = ""
+
+    def __init__(self, url: str, state_schema: str = "tiersync"):
+        self.url = url
+        self.state_schema = state_schema
+
+    @abstractmethod
+    def check(self) -> None:
+        """Connect once; raise TerminalError or TransientError with what to do about it."""
+
+    @abstractmethod
+    def describe(self, table: TableId) -> TableInfo | None:
+        """The table's metadata, or None when it does not exist."""
+
+    @abstractmethod
+    def qualify(self, name: str) -> TableId:
+        """A configured table name as this database names it (default schema filled in)."""
+
+    @abstractmethod
+    def unique_keys(self, table: TableId) -> list[tuple[str, ...]]:
+        """Column lists of the table's primary key and unique constraints (what an upsert can match on)."""
+
+    @abstractmethod
+    def trigger_capture(self, node_id: str, consumer: str | None = None) -> TriggerCapture:
+        """Capture management; ``consumer`` (a pipeline name) is registered with the change log on install."""
+
+    @abstractmethod
+    def change_log_progress(self, tables: list[TableId], position: str | None) -> SourceProgress:
+        """What the change log still holds for a consumer at ``position``, without registering anything."""
+
+    @abstractmethod
+    def ensure_state(self) -> None:
+        """Create the checkpoint and dead-letter tables if they are missing."""
+
+    @abstractmethod
+    def change_log_reader(self, consumer: str, tables: list[CapturedTable], start: str | None,
+                          node_id: str) -> Reader: ...
+
+    @abstractmethod
+    def target_session(self) -> TargetSession: ...
+
+    @abstractmethod
+    def load_checkpoint(self, pipeline: str) -> str | None: ...
+
+    @abstractmethod
+    def store_checkpoint(self, pipeline: str, position: str) -> None:
+        """Set a checkpoint by hand (operator repair); normal progress goes through a session."""
+
+    @abstractmethod
+    def dead_letter_count(self, pipeline: str) -> int: ...
+
+    @abstractmethod
+    def dead_letters(self, pipeline: str, limit: int) -> list[dict]: ...
+
+    def close(self) -> None:  # noqa: B027 - optional
+        pass

@@ -1,0 +1,1 @@
+"""Operator-facing entry points: the ``tiersync`` command line and the demo."""

@@ -1,0 +1,314 @@
+"""The ``tiersync`` command line. Every stage can be run on its own from here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from dataclasses import asdict
+
+import click
+
+from engine.config import Config, load_config
+from engine.errors import ConfigError, TiersyncError, TransientError
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.secho(message, fg="red", err=True)
+    sys.exit(code)
+
+
+def _load(path: str) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        click.secho(f"{len(exc.problems)} problem(s) in the configuration:", fg="red", err=True)
+        for problem in exc.problems:
+            click.echo(f"  {problem}", err=True)
+        sys.exit(2)
+
+
+def _guard(action):
+    """Run ``action`` and turn tiersync errors into a message and an exit code."""
+    try:
+        return action()
+    except ConfigError as exc:
+        click.secho(f"{len(exc.problems)} problem(s):", fg="red", err=True)
+        for problem in exc.problems:
+            click.echo(f"  {problem}", err=True)
+        sys.exit(2)
+    except TiersyncError as exc:
+        _fail(str(exc))
+
+
+config_option = click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+                             help="the node's YAML file")
+pipeline_option = click.option("--pipeline", "pipeline_name", required=True, help="pipeline name")
+
+
+@click.group()
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.version_option(package_name="tiersync")
+def main(log_level: str) -> None:
+    """tiersync: change-data-capture replication across county, city, province and national nodes."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+
+
+@main.command()
+@config_option
+@click.option("--offline", is_flag=True, help="check the file only, without connecting to the databases")
+def check(config_path: str, offline: bool) -> None:
+    """Validate the configuration, and with the databases reachable, every table, column and key it names."""
+    from engine.plan import build_plan
+
+    config = _load(config_path)
+    if offline:
+        click.echo(f"{config_path}: valid ({len(config.pipelines)} pipeline(s))")
+        return
+    problems: list[str] = []
+    for pipeline in config.pipelines:
+        try:
+            build_plan(config, pipeline).close()
+        except ConfigError as exc:
+            problems += exc.problems
+        except TiersyncError as exc:
+            problems.append(str(exc))
+    if problems:
+        click.secho(f"{len(problems)} problem(s):", fg="red", err=True)
+        for problem in problems:
+            click.echo(f"  {problem}", err=True)
+        sys.exit(2)
+    click.echo(f"{config_path}: valid; {len(config.pipelines)} pipeline(s) match their databases")
+
+
+# ------------------------------------------------------------------ triggers
+
+@main.group()
+def triggers() -> None:
+    """Install, review, inspect and remove trigger capture on a pipeline's source database."""
+
+
+def _capture(config: Config, pipeline_name: str, need_tables: bool = True):
+    from engine.plan import source_tables
+    from engine.registry import connector_for
+
+    pipeline = config.pipeline(pipeline_name)
+    db = config.databases[pipeline.source.database]
+    source = connector_for(db.url, db.state_schema)
+    source.check()
+    tables = []
+    if need_tables:
+        problems: list[str] = []
+        tables = source_tables(config, pipeline, source, problems)
+        if problems:
+            raise ConfigError(problems)
+    return source, pipeline, tables
+
+
+@triggers.command("sql")
+@config_option
+@pipeline_option
+@click.option("--uninstall", is_flag=True, help="show the statements uninstall would run instead")
+def triggers_sql(config_path: str, pipeline_name: str, uninstall: bool) -> None:
+    """Print every statement install (or uninstall) would run; change nothing."""
+    config = _load(config_path)
+
+    def show():
+        source, pipeline, tables = _capture(config, pipeline_name, need_tables=not uninstall)
+        capture = source.trigger_capture(config.node.id, pipeline.name)
+        if uninstall:
+            statements = capture.uninstall_statements([source.qualify(t) for t in pipeline.source.tables])
+        else:
+            statements = capture.install_statements(tables)
+        click.echo(f"-- tiersync {'uninstall' if uninstall else 'install'} for pipeline {pipeline.name} "
+                   f"on database {pipeline.source.database}; nothing has been run")
+        for statement in statements:
+            click.echo(statement.rstrip() + ";\n")
+    _guard(show)
+
+
+@triggers.command("install")
+@config_option
+@pipeline_option
+def triggers_install(config_path: str, pipeline_name: str) -> None:
+    """Create the change log and one trigger set per captured table (safe to run again)."""
+    config = _load(config_path)
+
+    def install():
+        source, pipeline, tables = _capture(config, pipeline_name)
+        capture = source.trigger_capture(config.node.id, pipeline.name)
+        capture.execute(capture.install_statements(tables))
+        for table in tables:
+            key = ", ".join(table.key) if table.key else "none (append)"
+            click.echo(f"capture installed on {table.info.id} (key: {key})")
+    _guard(install)
+
+
+@triggers.command("uninstall")
+@config_option
+@pipeline_option
+@click.option("--force", is_flag=True, help="remove capture even though changes are still pending")
+def triggers_uninstall(config_path: str, pipeline_name: str, force: bool) -> None:
+    """Remove every object install created for this pipeline's tables, and nothing else."""
+    config = _load(config_path)
+
+    def uninstall():
+        source, pipeline, _ = _capture(config, pipeline_name, need_tables=False)
+        capture = source.trigger_capture(config.node.id, pipeline.name)
+        tables = [source.qualify(t) for t in pipeline.source.tables]
+        pending = sum(s.pending for s in capture.status(tables))
+        if pending and not force:
+            _fail(f"{pending} change(s) are still pending for these tables; run the pipeline first, "
+                  f"or pass --force to drop them")
+        capture.execute(capture.uninstall_statements(tables))
+        click.echo(f"capture removed from {', '.join(str(t) for t in tables)}")
+    _guard(uninstall)
+
+
+@triggers.command("status")
+@config_option
+@pipeline_option
+def triggers_status(config_path: str, pipeline_name: str) -> None:
+    """Per table: capture installed or not, pending changes, age of the oldest pending change."""
+    from datetime import datetime, timezone
+
+    config = _load(config_path)
+
+    def status():
+        source, pipeline, _ = _capture(config, pipeline_name, need_tables=False)
+        capture = source.trigger_capture(config.node.id)
+        rows = capture.status([source.qualify(t) for t in pipeline.source.tables])
+        click.echo(f"{'table':40} {'installed':9} {'pending':>9} {'oldest':>12}")
+        for row in rows:
+            age = "-"
+            if row.oldest_pending is not None:
+                age = f"{(datetime.now(timezone.utc) - row.oldest_pending).total_seconds():.1f}s"
+            click.echo(f"{str(row.table):40} {'yes' if row.installed else 'no':9} {row.pending:>9} {age:>12}")
+    _guard(status)
+
+
+# ------------------------------------------------------------------ running
+
+@main.command()
+@config_option
+@click.option("--pipeline", "pipeline_name", default=None, help="run only this pipeline")
+@click.option("--once", is_flag=True, help="drain what is pending, then exit")
+def run(config_path: str, pipeline_name: str | None, once: bool) -> None:
+    """Run the node's pipelines until SIGTERM/SIGINT (or, with --once, until nothing is pending)."""
+    from engine.node import run_node
+
+    config = _load(config_path)
+    names = [pipeline_name] if pipeline_name else [p.name for p in config.pipelines]
+    _guard(lambda: [config.pipeline(n) for n in names])
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        logging.getLogger("tiersync").info("signal %s: finishing the current batch, then stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    failures = run_node(config, names, once=once, stop=stop)
+    if failures:
+        for name, error in failures.items():
+            click.secho(f"pipeline {name}: {error}", fg="red", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def status(config_path: str, as_json: bool) -> None:
+    """Each pipeline's source position, applied position, pending changes, lag and dead letters."""
+    from engine.node import pipeline_status
+
+    config = _load(config_path)
+    rows = [pipeline_status(config, p.name) for p in config.pipelines]
+    if as_json:
+        click.echo(json.dumps([asdict(r) for r in rows], indent=2))
+        return
+    click.echo(f"{'pipeline':24} {'pending':>8} {'lag(s)':>9} {'dead':>5}  {'applied position':28} source")
+    for row in rows:
+        if row.error:
+            click.echo(f"{row.name:24} error: {row.error}")
+            continue
+        click.echo(f"{row.name:24} {row.pending:>8} {row.lag_seconds:>9.1f} {row.dead_letters:>5}  "
+                   f"{row.applied_position:28} {row.source_position}")
+    if any(r.error for r in rows):
+        sys.exit(1)
+
+
+# ------------------------------------------------------------------ checkpoints and dead letters
+
+@main.group()
+def checkpoint() -> None:
+    """Show or set a pipeline's checkpoint in its target."""
+
+
+def _target(config: Config, pipeline_name: str):
+    from engine.registry import connector_for
+
+    pipeline = config.pipeline(pipeline_name)
+    db = config.databases[pipeline.target.database]
+    return connector_for(db.url, db.state_schema)
+
+
+@checkpoint.command("show")
+@config_option
+@pipeline_option
+def checkpoint_show(config_path: str, pipeline_name: str) -> None:
+    """Print the position the pipeline resumes from."""
+    config = _load(config_path)
+    click.echo(_guard(lambda: _target(config, pipeline_name).load_checkpoint(pipeline_name)) or "(none)")
+
+
+@checkpoint.command("set")
+@config_option
+@pipeline_option
+@click.argument("position")
+def checkpoint_set(config_path: str, pipeline_name: str, position: str) -> None:
+    """Set the position the pipeline resumes from (for repairs; the pipeline must be stopped)."""
+    from engine.position import parse_position
+    from engine.registry import connector_for
+
+    config = _load(config_path)
+    pipeline = config.pipeline(pipeline_name)
+    source_db = config.databases[pipeline.source.database]
+    connector_for(source_db.url)  # loads the source's position kinds
+    try:
+        parse_position(position)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    _guard(lambda: _target(config, pipeline_name).store_checkpoint(pipeline_name, position))
+    click.echo(f"checkpoint of {pipeline_name} set to {position}")
+
+
+@main.command("dead-letters")
+@config_option
+@pipeline_option
+@click.option("--limit", default=50, show_default=True)
+def dead_letters(config_path: str, pipeline_name: str, limit: int) -> None:
+    """List rows the target refused, with the reason."""
+    config = _load(config_path)
+    letters = _guard(lambda: _target(config, pipeline_name).dead_letters(pipeline_name, limit))
+    for letter in letters:
+        click.echo(f"#{letter['id']} {letter['created_at']} {letter['source_table']} → {letter['target_table']} "
+                   f"op={letter['op']} key={letter['key']}: {letter['error']}")
+    if not letters:
+        click.echo("no dead letters")
+
+
+@main.command()
+@click.option("--dir", "directory", default=None, help="where to put the demo databases (default: a new temp dir)")
+def demo(directory: str | None) -> None:
+    """Replicate sample enterprise data from a county SQLite database to a city one, and print the result."""
+    from ops.demo import run_demo
+
+    try:
+        run_demo(directory)
+    except TransientError as exc:
+        _fail(str(exc))
