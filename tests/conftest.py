@@ -1,0 +1,28 @@
+import itertools
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    from tests.harness.postgres import PostgresServer
+
+    server = PostgresServer().init().start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def pg_databases(pg_server):
+    """A fresh pair of databases (county, city) for one test."""
+    n = next(_counter)
+    return pg_server.create_database(f"county_{os.getpid()}_{n}"), pg_server.create_database(f"city_{os.getpid()}_{n}")
