@@ -69,6 +69,7 @@ class MetadataColumns(_Strict):
     captured_at: str | None = None
     origin: str | None = None
     source_table: str | None = None
+    seq: str | None = None  # the change's sequence number in its source
 
 
 class MappingConfig(_Strict):

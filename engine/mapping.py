@@ -72,7 +72,7 @@ class CompiledMapping:
         columns = [p.target for p in self.plans.values() if p]
         columns += list(self.constants)
         columns += [c for c in (self.metadata.op, self.metadata.captured_at, self.metadata.origin,
-                                self.metadata.source_table) if c]
+                                self.metadata.source_table, self.metadata.seq) if c]
         return columns
 
     def map_row(self, row: Row, event: ChangeEvent) -> Row:
@@ -97,6 +97,8 @@ class CompiledMapping:
             out[meta.origin] = event.origin
         if meta.source_table:
             out[meta.source_table] = str(event.table)
+        if meta.seq:
+            out[meta.seq] = event.seq
         return out
 
     def _key_of(self, row: Row) -> tuple:

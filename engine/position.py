@@ -30,6 +30,15 @@ class Position(ABC):
     @abstractmethod
     def from_text(cls, text: str) -> Position: ...
 
+    @classmethod
+    def deserialise(cls, text: str) -> Position:
+        """Read back what :meth:`serialise` wrote; a checkpoint of another kind is refused clearly."""
+        kind, sep, body = text.partition(":")
+        if not sep or kind != cls.kind:
+            raise ValueError(f"checkpoint {text!r} is not a {cls.kind} position: the pipeline's source kind "
+                             f"changed since it was written; reset it with `tiersync checkpoint set`")
+        return cls.from_text(body)
+
     def serialise(self) -> str:
         return f"{self.kind}:{self.to_text()}"
 

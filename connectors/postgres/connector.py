@@ -60,7 +60,7 @@ class PostgresConnector(Connector):
         return PostgresChangeLogReader(self.url, self.state_schema, consumer, tables, start, node_id)
 
     def change_log_progress(self, tables: list[TableId], position: str | None) -> SourceProgress:
-        pos = PostgresLogPosition.from_text(position.partition(":")[2]) if position else PostgresLogPosition()
+        pos = PostgresLogPosition.deserialise(position) if position else PostgresLogPosition()
         log = f"{dialect.quote(self.state_schema)}.tiersync_change_log"
         if not self._query(dialect.TABLE_EXISTS_SQL, {"rel": log})[0][0]:
             return SourceProgress(0, None, "no change log")

@@ -80,6 +80,7 @@ def change_log_ddl(schema: str) -> list[str]:
     # CACHE 1 matters: with a per-session sequence cache, ids would stop following
     # commit order for changes to the same row, and the reader relies on that.
     return [
+        DDL_LOCK_SQL,
         f"CREATE SCHEMA IF NOT EXISTS {s}",
         f"""CREATE TABLE IF NOT EXISTS {s}.tiersync_change_log (
     id bigint GENERATED ALWAYS AS IDENTITY (CACHE 1) PRIMARY KEY,
@@ -109,9 +110,14 @@ def register_consumer_sql(schema: str) -> str:
             f"ON CONFLICT (name) DO UPDATE SET tables = EXCLUDED.tables")
 
 
+# serialises tiersync's own DDL: concurrent CREATE … IF NOT EXISTS can still collide in the catalog
+DDL_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('tiersync ddl'))"
+
+
 def state_ddl(schema: str) -> list[str]:
     s = quote(schema)
     return [
+        DDL_LOCK_SQL,
         f"CREATE SCHEMA IF NOT EXISTS {s}",
         f"""CREATE TABLE IF NOT EXISTS {s}.tiersync_checkpoint (
     pipeline text PRIMARY KEY,
@@ -342,6 +348,20 @@ _SCALAR_DECODERS: list[tuple[re.Pattern, Callable[[Any], Any] | None]] = [
 ]
 
 
+def _leaves(value: Any):
+    if isinstance(value, list):
+        for v in value:
+            yield from _leaves(v)
+    else:
+        yield value
+
+
+def _as_text(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_as_text(v) for v in value]
+    return value if value is None or isinstance(value, str) else str(value)
+
+
 def value_decoder(type_name: str) -> Callable[[Any], Any] | None:
     """How a value of ``type_name`` in a JSON row image becomes its Python value (None: as it is)."""
     if type_name.endswith("[]"):
@@ -349,10 +369,18 @@ def value_decoder(type_name: str) -> Callable[[Any], Any] | None:
         if element is None:
             return None
 
-        def decode_array(value: Any) -> Any:
+        def decode_elements(value: Any) -> Any:
             if isinstance(value, list):
-                return [decode_array(v) for v in value]
+                return [decode_elements(v) for v in value]
             return None if value is None else element(value)
+
+        def decode_array(value: Any) -> Any:
+            decoded = decode_elements(value)
+            if len({type(v) for v in _leaves(decoded) if v is not None}) > 1:
+                # some elements stayed PostgreSQL text (infinity dates …): psycopg cannot write a list of
+                # mixed types, so the whole array travels as text and the target parses it
+                return _as_text(value)
+            return decoded
         return decode_array
     for pattern, decoder in _SCALAR_DECODERS:
         if pattern.match(type_name):

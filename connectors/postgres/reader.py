@@ -28,7 +28,7 @@ class PostgresChangeLogReader(Reader):
         self.tables = {str(t.info.id): t for t in tables}
         self.table_names = list(self.tables)
         self.decoders = {name: self._decoders(t) for name, t in self.tables.items()}
-        self.position = PostgresLogPosition.from_text(start) if start else PostgresLogPosition()
+        self.position = PostgresLogPosition.deserialise(start) if start else PostgresLogPosition()
         self.conn = connect(url, autocommit=True, application="tiersync-reader")
         self.database = self.conn.info.dbname
         self._purged_below = -1
@@ -94,7 +94,7 @@ class PostgresChangeLogReader(Reader):
 
     def acknowledge(self, position: str) -> None:
         """The target has committed everything up to ``position``: record it and purge what all consumers have."""
-        pos = PostgresLogPosition.from_text(position.partition(":")[2])
+        pos = PostgresLogPosition.deserialise(position)
         params = self._params(pos)
         self._execute(dialect.consumer_update_sql(self.schema), params, "acknowledging the source")
         self._execute(dialect.purge_sql(self.schema, by_range=True), params, "purging the change log")

@@ -69,7 +69,7 @@ class SqliteConnector(Connector):
     def change_log_progress(self, tables: list[TableId], position: str | None) -> SourceProgress:
         if not self._query("SELECT 1 FROM sqlite_master WHERE name = 'tiersync_change_log'"):
             return SourceProgress(0, None, "no change log")
-        last_id = SqliteLogPosition.from_text(position.partition(":")[2]).last_id if position else 0
+        last_id = SqliteLogPosition.deserialise(position).last_id if position else 0
         count, oldest = self._query(dialect.PENDING_SQL, (last_id, json.dumps([str(t) for t in tables])))[0]
         head = self._query("SELECT coalesce(max(id), 0) FROM tiersync_change_log")[0][0]
         return SourceProgress(count, datetime.fromisoformat(oldest.replace("Z", "+00:00")) if oldest else None,

@@ -24,7 +24,7 @@ class SqliteChangeLogReader(Reader):
         self.tables_json = json.dumps(list(self.tables))
         self.decoders = {name: {c.name: d for c in t.info.columns if (d := dialect.value_decoder(c.type))}
                          for name, t in self.tables.items()}
-        self.position = SqliteLogPosition.from_text(start) if start else SqliteLogPosition()
+        self.position = SqliteLogPosition.deserialise(start) if start else SqliteLogPosition()
         self.conn = connect(url)
         self.database = url
         self._execute(dialect.REGISTER_CONSUMER_SQL, (consumer, self.position.last_id, self.tables_json))
@@ -65,7 +65,7 @@ class SqliteChangeLogReader(Reader):
             source_node=self.node_id, source_database=self.database)
 
     def acknowledge(self, position: str) -> None:
-        last_id = SqliteLogPosition.from_text(position.partition(":")[2]).last_id
+        last_id = SqliteLogPosition.deserialise(position).last_id
         self._execute("BEGIN IMMEDIATE")
         try:
             self._execute(dialect.UPDATE_CONSUMER_SQL, (last_id, self.consumer))

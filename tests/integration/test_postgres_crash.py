@@ -1,0 +1,138 @@
+"""Nothing lost, nothing doubled: out-of-order commits, kill -9 of the engine, database restarts."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import psycopg
+import pytest
+
+from tests.helpers import cli, pg_exec, pg_rows, run_once, spawn_engine, write_node
+
+pytestmark = pytest.mark.postgres
+
+DDL = "CREATE TABLE item (id integer PRIMARY KEY, label text NOT NULL, qty integer NOT NULL, note text)"
+HISTORY_DDL = ("CREATE TABLE item_history (hid bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, id integer, "
+               "label text, qty integer, note text, change_op text, captured_at timestamptz, change_seq bigint)")
+# the test's own witness of every committed change-log row, kept after tiersync purges the log
+AUDIT_DDL = [
+    "CREATE TABLE committed_change (id bigint PRIMARY KEY)",
+    """CREATE FUNCTION witness() RETURNS trigger LANGUAGE plpgsql AS $$
+       BEGIN INSERT INTO committed_change VALUES (NEW.id); RETURN NULL; END $$""",
+    "CREATE TRIGGER witness AFTER INSERT ON tiersync.tiersync_change_log FOR EACH ROW EXECUTE FUNCTION witness()",
+]
+
+
+@pytest.fixture
+def two_pipelines(tmp_path, pg_databases):
+    """One source table replicated twice: mirrored, and appended as history (which shows every change once)."""
+    source, target = pg_databases
+    pg_exec(source, DDL)
+    pg_exec(target, DDL, HISTORY_DDL)
+    config = write_node(tmp_path / "node.yaml", {"src": source, "dst": target}, [
+        {"name": "mirror", "source": {"database": "src", "tables": ["item"]}, "target": {"database": "dst"},
+         "batch_size": 37, "poll_interval": 0.05},
+        {"name": "history", "source": {"database": "src", "tables": ["item"]},
+         "target": {"database": "dst", "mode": "append"}, "batch_size": 53, "poll_interval": 0.05,
+         "mappings": [{"source": "item", "target": "item_history",
+                       "metadata": {"op": "change_op", "captured_at": "captured_at", "seq": "change_seq"}}]},
+    ])
+    for name in ("mirror", "history"):
+        cli("triggers", "install", "--config", str(config), "--pipeline", name)
+    pg_exec(source, *AUDIT_DDL)
+    return config, source, target
+
+
+def assert_in_sync(source: str, target: str) -> None:
+    assert pg_rows(source, "SELECT * FROM item ORDER BY id") == pg_rows(target, "SELECT * FROM item ORDER BY id")
+    # the history holds every committed change exactly once
+    history = [r[0] for r in pg_rows(target, "SELECT change_seq FROM item_history ORDER BY change_seq")]
+    committed = [r[0] for r in pg_rows(source, "SELECT id FROM committed_change ORDER BY id")]
+    assert len(history) == len(set(history)), "a change was applied twice"
+    assert history == committed
+    assert pg_rows(source, "SELECT count(*) FROM tiersync.tiersync_change_log") == [(0,)]
+
+
+def test_long_transaction_committing_last_is_not_skipped(two_pipelines):
+    config, source, target = two_pipelines
+    long = psycopg.connect(source)
+    pg_exec(source, "INSERT INTO item VALUES (1, 'before', 1, NULL)")
+    long.execute("INSERT INTO item VALUES (2, 'long transaction', 2, NULL)")  # takes a low change-log id…
+    long.execute("UPDATE item SET qty = 20 WHERE id = 1")  # …and holds row 1
+    for i in range(3, 40):  # others commit around it, with higher ids
+        pg_exec(source, f"INSERT INTO item VALUES ({i}, 'other', {i}, NULL)")
+    run_once(config)  # must not read past the open transaction's changes and skip them later
+    long.commit()  # …commits last
+    pg_exec(source, "UPDATE item SET qty = qty + 1 WHERE id = 1", "INSERT INTO item VALUES (40, 'after', 40, NULL)")
+    run_once(config)
+    long.close()
+    assert_in_sync(source, target)
+    assert pg_rows(target, "SELECT qty FROM item WHERE id = 1") == [(21,)]
+    assert pg_rows(target, "SELECT label FROM item WHERE id = 2") == [("long transaction",)]
+
+
+class Workload(threading.Thread):
+    """Random inserts, updates and deletes in small transactions until stopped."""
+
+    def __init__(self, url: str, seed: int):
+        super().__init__(daemon=True)
+        self.url, self.random, self.stop = url, random.Random(seed), threading.Event()
+        self.transactions = 0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                with psycopg.connect(self.url) as conn:
+                    while not self.stop.is_set():
+                        for _ in range(self.random.randint(1, 4)):
+                            key = self.random.randint(1, 300)
+                            action = self.random.random()
+                            if action < 0.5:
+                                conn.execute("INSERT INTO item VALUES (%s, %s, %s, %s) ON CONFLICT (id) DO UPDATE "
+                                             "SET qty = item.qty + 1", (key, f"item {key}", key, "新" * (key % 7)))
+                            elif action < 0.8:
+                                conn.execute("UPDATE item SET qty = qty + 1, label = label || '.' WHERE id = %s",
+                                             (key,))
+                            else:
+                                conn.execute("DELETE FROM item WHERE id = %s", (key,))
+                        conn.commit()
+                        self.transactions += 1
+            except psycopg.OperationalError:
+                time.sleep(0.2)  # the source is restarting
+
+
+def test_kill_9_and_database_restarts_lose_and_double_nothing(two_pipelines, pg_server, tmp_path):
+    config, source, target = two_pipelines
+    workload = Workload(source, seed=20261121)
+    workload.start()
+    chance = random.Random(7)
+    log = tmp_path / "engine.log"
+    try:
+        for round_ in range(8):
+            engine = spawn_engine(config, log=log)
+            time.sleep(chance.uniform(0.3, 1.5))
+            if round_ == 3:  # the databases restart under a running engine; it must retry and resume
+                pg_server.restart()
+                time.sleep(chance.uniform(0.5, 1.0))
+            engine.kill()  # SIGKILL: no clean shutdown
+            engine.wait()
+    finally:
+        workload.stop.set()
+        workload.join(10)
+    assert workload.transactions > 50
+    run_once(config)
+    assert_in_sync(source, target)
+
+
+def test_sigterm_stops_cleanly(two_pipelines, tmp_path):
+    config, source, target = two_pipelines
+    pg_exec(source, "INSERT INTO item SELECT g, 'x', g, NULL FROM generate_series(1, 500) g")
+    engine = spawn_engine(config, log=tmp_path / "engine.log")
+    deadline = time.time() + 30
+    while time.time() < deadline and pg_rows(target, "SELECT count(*) FROM item")[0][0] < 500:
+        time.sleep(0.1)
+    engine.terminate()
+    assert engine.wait(30) == 0, (tmp_path / "engine.log").read_text()
+    assert_in_sync(source, target)
