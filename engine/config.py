@@ -169,7 +169,25 @@ def _describe(error: dict, source: LoadedYaml) -> str:
     if kind == "missing":
         return f"{source.where(loc[:-1])}: {dotted} is required"
     message = error["msg"].removeprefix("Value error, ")
+    given = error.get("input")
+    if isinstance(given, (str, int, float)) and not isinstance(given, bool) and kind != "value_error":
+        message += f" (got {given!r})"
     return f"{source.where(loc)}: {dotted}: {message}"
+
+
+def _raw_reference_problems(data: dict, source: LoadedYaml) -> list[str]:
+    """Database references checked on the raw file, so they are reported along with shape errors."""
+    databases = data.get("databases") if isinstance(data.get("databases"), dict) else {}
+    problems = []
+    pipelines = data.get("pipelines") if isinstance(data.get("pipelines"), list) else []
+    for i, pipeline in enumerate(pipelines):
+        for side in ("source", "target"):
+            part = pipeline.get(side) if isinstance(pipeline, dict) else None
+            name = part.get("database") if isinstance(part, dict) else None
+            if isinstance(name, str) and name not in databases:
+                problems.append(f"{source.where(('pipelines', i, side, 'database'))}: {side} database {name!r} "
+                                f"is not declared under databases{_suggest(name, list(databases))}")
+    return problems
 
 
 def _cross_check(config: Config, source: LoadedYaml) -> list[str]:
@@ -207,6 +225,12 @@ def _cross_check(config: Config, source: LoadedYaml) -> list[str]:
     return problems
 
 
+def _line_order(problem: str) -> tuple:
+    file, _, rest = problem.partition(":")
+    line = rest.partition(":")[0]
+    return (file, int(line) if line.isdigit() else 0)
+
+
 def load_config(path: str | Path) -> Config:
     """Load and validate a node YAML; raise :class:`ConfigError` with every problem at once."""
     if not Path(path).is_file():
@@ -226,7 +250,8 @@ def load_config(path: str | Path) -> Config:
         union_parts = {tuple(e["loc"][:e["loc"].index("ColumnRule")]) for e in errors if "ColumnRule" in e["loc"]}
         errors = [e for e in errors
                   if not ("str" in e["loc"] and tuple(e["loc"][:e["loc"].index("str")]) in union_parts)]
-        raise ConfigError([_describe(e, source) for e in errors]) from None
+        problems = [_describe(e, source) for e in errors] + _raw_reference_problems(source.data, source)
+        raise ConfigError(sorted(problems, key=_line_order)) from None
     problems = _cross_check(config, source)
     if problems:
         raise ConfigError(problems)

@@ -1,0 +1,132 @@
+"""The Avro form of the change envelope (``schemas/avro/``), loaded and used with fastavro.
+
+Values keep their logical kind (decimal, date, time, timestamp with or
+without zone, uuid, json, bytes) so an event read back from Avro equals the
+event written.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import date, datetime, time, timezone
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from .event import ChangeEvent, Op, TableId
+
+SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas" / "avro"
+
+
+@lru_cache(maxsize=1)
+def envelope_schema():
+    """The parsed envelope schema (parsed once: parsing is the expensive part)."""
+    import fastavro
+
+    named: dict = {}
+    for name in ("Value", "Source"):
+        fastavro.parse_schema(json.loads((SCHEMA_DIR / f"{name}.avsc").read_text()), named_schemas=named)
+    return fastavro.parse_schema(json.loads((SCHEMA_DIR / "ChangeEvent.avsc").read_text()), named_schemas=named)
+
+
+def _encode_value(value: Any) -> dict:
+    if value is None or isinstance(value, (bool, str, bytes)):
+        return {"v": value}
+    if isinstance(value, int):
+        return {"v": value}
+    if isinstance(value, float):
+        return {"v": value}
+    if isinstance(value, Decimal):
+        return {"v": ("tiersync.Decimal", {"text": str(value)})}
+    if isinstance(value, datetime):
+        kind = "timestamptz" if value.tzinfo else "timestamp"
+        return {"v": ("tiersync.Temporal", {"kind": kind, "iso": value.isoformat()})}
+    if isinstance(value, date):
+        return {"v": ("tiersync.Temporal", {"kind": "date", "iso": value.isoformat()})}
+    if isinstance(value, time):
+        return {"v": ("tiersync.Temporal", {"kind": "time", "iso": value.isoformat()})}
+    if isinstance(value, UUID):
+        return {"v": ("tiersync.Uuid", {"text": str(value)})}
+    if isinstance(value, dict):
+        return {"v": ("tiersync.Json", {"text": json.dumps(value, ensure_ascii=False)})}
+    if isinstance(value, list):
+        from .apply import json_default
+        return {"v": ("tiersync.List", {"json": json.dumps(value, ensure_ascii=False, default=json_default)})}
+    raise TypeError(f"no Avro form for {type(value).__name__}")
+
+
+_TEMPORAL = {"date": date.fromisoformat, "time": time.fromisoformat,
+             "timestamp": datetime.fromisoformat, "timestamptz": datetime.fromisoformat}
+
+
+def _decode_value(cell: dict) -> Any:
+    value = cell["v"]
+    if not isinstance(value, tuple):  # a primitive branch of the union
+        return value
+    name, body = value
+    if name == "tiersync.Temporal":
+        return _TEMPORAL[body["kind"]](body["iso"])
+    if name == "tiersync.Decimal":
+        return Decimal(body["text"])
+    if name == "tiersync.Uuid":
+        return UUID(body["text"])
+    if name == "tiersync.Json":
+        return json.loads(body["text"])
+    return json.loads(body["json"])
+
+
+def _image(row: dict | None) -> dict | None:
+    return None if row is None else {k: _encode_value(v) for k, v in row.items()}
+
+
+def _unimage(row: dict | None) -> dict | None:
+    return None if row is None else {k: _decode_value(v) for k, v in row.items()}
+
+
+def to_record(event: ChangeEvent, version: str = "0.1") -> dict:
+    ts = int((event.captured_at or datetime.now(timezone.utc)).timestamp() * 1000)
+    return {
+        "before": _image(event.before),
+        "after": _image(event.after),
+        "source": {"version": version, "connector": "tiersync", "name": event.source_node, "ts_ms": ts,
+                   "snapshot": "true" if event.snapshot else "false", "db": event.source_database,
+                   "schema": event.table.schema, "table": event.table.name, "txId": event.txid,
+                   "sequence": None, "seq": event.seq},
+        "key": [_encode_value(v) for v in event.key],
+        "op": event.op.value,
+        "ts_ms": ts,
+        "transaction": None if event.txid is None else {"id": str(event.txid), "total_order": event.seq,
+                                                         "data_collection_order": event.seq},
+        "origin": event.origin,
+        "path": list(event.path),
+    }
+
+
+def from_record(record: dict) -> ChangeEvent:
+    source = record["source"]
+    return ChangeEvent(
+        op=Op(record["op"]), table=TableId(source["schema"], source["table"]),
+        key=tuple(_decode_value(v) for v in record["key"]),
+        before=_unimage(record["before"]), after=_unimage(record["after"]), seq=source["seq"],
+        txid=source["txId"], origin=record["origin"], path=tuple(record["path"]),
+        captured_at=datetime.fromtimestamp(source["ts_ms"] / 1000, timezone.utc),
+        source_node=source["name"], source_database=source["db"], snapshot=source["snapshot"] == "true")
+
+
+def encode(event: ChangeEvent) -> bytes:
+    import fastavro
+
+    buffer = io.BytesIO()
+    fastavro.schemaless_writer(buffer, envelope_schema(), to_record(event))
+    return buffer.getvalue()
+
+
+def decode(data: bytes) -> ChangeEvent:
+    import fastavro
+
+    record = fastavro.schemaless_reader(io.BytesIO(data), envelope_schema(), envelope_schema(),
+                                        return_record_name=True)
+    return from_record(record)
