@@ -207,3 +207,27 @@ pipelines: []
 """)
     output = cli("check", "--offline", "--config", str(config), expect=2).output
     assert "MISSING_SECRET" in output and ":5:" in output
+
+
+def test_schema_drift_stops_clearly_and_loses_nothing(enterprise_node):
+    """A target column that disappears stops the pipeline with a clear error; once fixed, nothing is missing."""
+    from engine.config import load_config
+    from engine.errors import ConfigError, TerminalError
+    from engine.pipeline import PipelineRunner
+
+    config, county, city = enterprise_node
+    cli("triggers", "install", "--config", str(config), "--pipeline", "enterprise-up")
+    pg_exec(county, "INSERT INTO enterprise VALUES (1, 'a', '110101', 1, NULL)")
+    run_once(config)
+    running = PipelineRunner(load_config(config), "enterprise-up")
+    running.open()
+    pg_exec(city, "ALTER TABLE exchange.qy_jbxx DROP COLUMN sjly")  # drift under a running pipeline
+    pg_exec(county, "INSERT INTO enterprise VALUES (2, 'b', '110101', 2, NULL)")
+    with pytest.raises(TerminalError, match="sjly"):
+        running.step()
+    running.close()
+    with pytest.raises(ConfigError, match="column 'sjly' is not in the target table"):
+        PipelineRunner(load_config(config), "enterprise-up").run(once=True)  # caught before anything runs
+    pg_exec(city, "ALTER TABLE exchange.qy_jbxx ADD COLUMN sjly text")
+    run_once(config)
+    assert [r[0] for r in target_rows(city)] == [1, 2]
