@@ -12,13 +12,13 @@ import json
 from datetime import date, datetime, time, timezone
 from decimal import Decimal
 from functools import lru_cache
-from pathlib import Path
+from importlib import resources
 from typing import Any
 from uuid import UUID
 
 from .event import ChangeEvent, Op, TableId
 
-SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas" / "avro"
+SCHEMA_DIR = resources.files("schemas.avro")
 
 
 @lru_cache(maxsize=1)
@@ -28,8 +28,8 @@ def envelope_schema():
 
     named: dict = {}
     for name in ("Value", "Source"):
-        fastavro.parse_schema(json.loads((SCHEMA_DIR / f"{name}.avsc").read_text()), named_schemas=named)
-    return fastavro.parse_schema(json.loads((SCHEMA_DIR / "ChangeEvent.avsc").read_text()), named_schemas=named)
+        fastavro.parse_schema(json.loads((SCHEMA_DIR / f"{name}.avsc").read_text(encoding="utf-8")), named_schemas=named)
+    return fastavro.parse_schema(json.loads((SCHEMA_DIR / "ChangeEvent.avsc").read_text(encoding="utf-8")), named_schemas=named)
 
 
 def _encode_value(value: Any) -> dict:

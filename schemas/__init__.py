@@ -1,0 +1,1 @@
+"""Data schemas shipped with tiersync (Avro under ``schemas/avro``)."""

@@ -1,0 +1,1 @@
+"""Avro schemas of the change envelope; read with importlib.resources."""
