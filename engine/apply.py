@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
+from operator import itemgetter
 from typing import Any
 from uuid import UUID
 
@@ -123,7 +124,7 @@ class BatchApplier:
             key = list(self._key_columns(group))
             session.delete(group.table, key, [c.key for c in changes])
             return
-        rows = [tuple(c.row.get(col) for col in group.columns) for c in changes]
+        rows = [row_of(c.row) for c in changes] if (row_of := _row_getter(group.columns)) else []
         if group.kind == "insert":
             session.insert(group.table, group.columns, rows)
         else:
@@ -151,6 +152,16 @@ class BatchApplier:
         middle = len(changes) // 2
         self._isolate(group, changes[:middle], batch, letters)
         self._isolate(group, changes[middle:], batch, letters)
+
+
+def _row_getter(columns: list[str]):
+    """A C-speed function from a row dict to the tuple of ``columns``."""
+    if not columns:
+        return None
+    if len(columns) == 1:
+        only = columns[0]
+        return lambda row: (row[only],)
+    return itemgetter(*columns)
 
 
 def _dead_letter(batch: Batch, group: _Group, change: TargetChange, error: str) -> DeadLetter:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class Op(str, Enum):
@@ -21,9 +21,11 @@ class Op(str, Enum):
     TRUNCATE = "t"
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class TableId:
-    """A schema-qualified table name; ``schema`` is None where the database has none (SQLite)."""
+class TableId(NamedTuple):
+    """A schema-qualified table name; ``schema`` is None where the database has none (SQLite).
+
+    A tuple, because it is hashed for every change on the hot path.
+    """
 
     schema: str | None
     name: str

@@ -62,6 +62,10 @@ class CompiledMapping:
         self.constants = dict(config.constants)
         self.metadata = config.metadata
         renamed = {c: p.target for c, p in self.plans.items() if p}
+        # with no casts, a row holding exactly the known columns maps by a precomputed list of pairs
+        plain = all(p is None or p.convert is None for p in self.plans.values())
+        self._renames = {c: renamed.get(c) for c in self.plans} if plain else None
+        self._pairs = [(c, t) for c, t in renamed.items()] if plain else []
         if config.key:
             self.target_key = tuple(config.key)
         else:
@@ -76,6 +80,9 @@ class CompiledMapping:
         return columns
 
     def map_row(self, row: Row, event: ChangeEvent) -> Row:
+        if self._renames is not None and row.keys() == self._renames.keys():  # the common case: renames only
+            out = {target: row[source] for source, target in self._pairs}
+            return self._add_fixed(out, event)
         out: Row = {}
         plans = self.plans
         for column, value in row.items():
@@ -86,6 +93,9 @@ class CompiledMapping:
                 out[column] = value
             elif plan is not None:
                 out[plan.target] = plan.convert(value) if plan.convert else value
+        return self._add_fixed(out, event)
+
+    def _add_fixed(self, out: Row, event: ChangeEvent) -> Row:
         if self.constants:
             out.update(self.constants)
         meta = self.metadata

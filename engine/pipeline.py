@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .apply import Batch, BatchApplier, event_to_json
@@ -49,6 +50,10 @@ class PipelineRunner:
         self.reader = None
         self.session = None
         self.applier: BatchApplier | None = None
+        # the next batch is read and mapped while the current one is applied (the two wait on different
+        # databases); at most one batch is in flight, so memory stays bounded by the batch size
+        self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"read-{name}")
+        self._next: Future | None = None
 
     # -------------------------------------------------------------- set-up
 
@@ -63,6 +68,12 @@ class PipelineRunner:
         log.info("pipeline %s: started from %s", self.pipeline.name, start or "the beginning of the change log")
 
     def close(self) -> None:
+        if self._next is not None:
+            try:
+                self._next.result()
+            except Exception:  # noqa: BLE001 - the batch is dropped; it is read again from the checkpoint
+                pass
+            self._next = None
         for part in (self.reader, self.session):
             if part is not None:
                 try:
@@ -77,11 +88,11 @@ class PipelineRunner:
         target_node = self.pipeline.target.node
         return bool(target_node) and (origin == target_node or target_node in path)
 
-    def step(self) -> int:
-        """Move one batch; returns how many source events it consumed (0: nothing pending)."""
+    def _produce(self) -> Batch | None:
+        """Read the next batch from the source and map it (None: nothing pending)."""
         read = self.reader.read(self.pipeline.batch_size)
         if not read.events:
-            return 0
+            return None
         mappings = self.plan.mappings
         changes: list[TargetChange] = []
         rejected: list[DeadLetter] = []
@@ -96,14 +107,25 @@ class PipelineRunner:
                 rejected.append(DeadLetter(self.pipeline.name, str(event.table), str(mapping.target),
                                            event.op.value, list(event.key), f"mapping failed: {exc}",
                                            event_to_json(event), read.position))
-        batch = Batch(self.pipeline.name, changes, read.position, len(read.events), rejected)
+        return Batch(self.pipeline.name, changes, read.position, len(read.events), rejected)
+
+    def step(self) -> int:
+        """Move one batch; returns how many source events it consumed (0: nothing pending)."""
+        if self._next is not None:
+            future, self._next = self._next, None
+            batch = future.result()
+        else:
+            batch = self._produce()
+        if batch is None:
+            return 0
+        self._next = self._prefetcher.submit(self._produce)
         result = self.applier.apply(batch)
-        self.reader.acknowledge(read.position)
+        self.reader.acknowledge(batch.position)
         self.stats.batches += 1
-        self.stats.events += len(read.events)
+        self.stats.events += batch.events
         self.stats.applied += result.applied
         self.stats.dead_letters += result.dead_letters
-        return len(read.events)
+        return batch.events
 
     # -------------------------------------------------------------- the loop
 
@@ -135,3 +157,4 @@ class PipelineRunner:
                 self.close()
                 raise
         self.close()
+        self._prefetcher.shutdown()
