@@ -26,10 +26,13 @@ def envelope_schema():
     """The parsed envelope schema (parsed once: parsing is the expensive part)."""
     import fastavro
 
+    def load(name: str) -> dict:
+        return json.loads((SCHEMA_DIR / f"{name}.avsc").read_text(encoding="utf-8"))
+
     named: dict = {}
     for name in ("Value", "Source"):
-        fastavro.parse_schema(json.loads((SCHEMA_DIR / f"{name}.avsc").read_text(encoding="utf-8")), named_schemas=named)
-    return fastavro.parse_schema(json.loads((SCHEMA_DIR / "ChangeEvent.avsc").read_text(encoding="utf-8")), named_schemas=named)
+        fastavro.parse_schema(load(name), named_schemas=named)
+    return fastavro.parse_schema(load("ChangeEvent"), named_schemas=named)
 
 
 def _encode_value(value: Any) -> dict:

@@ -79,7 +79,8 @@ class MappingConfig(_Strict):
     drop: list[str] = Field(default_factory=list)
     constants: dict[str, Any] = Field(default_factory=dict)
     key: list[str] | None = Field(default=None, description="target key columns")
-    source_key: list[str] | None = Field(default=None, description="source key columns for tables without a primary key")
+    source_key: list[str] | None = Field(default=None,
+                                         description="source key columns for tables without a primary key")
     mode: SyncMode | None = None
     include_unlisted: bool = True
     metadata: MetadataColumns = MetadataColumns()
@@ -122,7 +123,8 @@ class Config(_Strict):
             if pipeline.name == name:
                 return pipeline
         names = [p.name for p in self.pipelines]
-        raise ConfigError([f"no pipeline named {name!r}{_suggest(name, names)}; pipelines: {', '.join(names) or 'none'}"])
+        raise ConfigError([f"no pipeline named {name!r}{_suggest(name, names)}; "
+                           f"pipelines: {', '.join(names) or 'none'}"])
 
 
 def redact_url(url: str) -> str:
@@ -165,7 +167,8 @@ def _describe(error: dict, source: LoadedYaml) -> str:
     if kind == "extra_forbidden":
         model = _model_at(loc[:-1])
         hint = _suggest(loc[-1], _field_names(model)) if model else ""
-        return f"{source.where(loc)}: unknown key {loc[-1]!r} in {'.'.join(str(p) for p in loc[:-1]) or 'top level'}{hint}"
+        parent = ".".join(str(p) for p in loc[:-1]) or "top level"
+        return f"{source.where(loc)}: unknown key {loc[-1]!r} in {parent}{hint}"
     if kind == "missing":
         return f"{source.where(loc[:-1])}: {dotted} is required"
     message = error["msg"].removeprefix("Value error, ")

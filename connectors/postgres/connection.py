@@ -20,6 +20,9 @@ def connect(url: str, *, autocommit: bool = False, application: str = "tiersync"
     return conn
 
 
+_IMAGE_DECODER = json.JSONDecoder(parse_float=Decimal)  # built once: json.loads(…, parse_float=…) builds one per call
+
+
 def parse_image(text: str | None):
     """A JSON row image with numbers kept exact."""
-    return None if text is None else json.loads(text, parse_float=Decimal)
+    return None if text is None else _IMAGE_DECODER.decode(text)

@@ -209,7 +209,16 @@ def drop_trigger_ddl(schema: str, table: TableId, table_exists: bool) -> list[st
 
 def drop_change_log_ddl(schema: str) -> list[str]:
     s = quote(schema)
-    return [f"DROP TABLE IF EXISTS {s}.tiersync_change_log", f"DROP TABLE IF EXISTS {s}.tiersync_consumer"]
+    return [f"DROP TABLE IF EXISTS {s}.tiersync_change_log", f"DROP TABLE IF EXISTS {s}.tiersync_consumer",
+            # the schema goes too, but only if nothing else lives in it (e.g. a target's checkpoint tables)
+            f"""DO $tiersync$ BEGIN
+    IF to_regnamespace({literal(schema)}) IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM pg_class WHERE relnamespace = to_regnamespace({literal(schema)}))
+       AND NOT EXISTS (SELECT 1 FROM pg_proc WHERE pronamespace = to_regnamespace({literal(schema)}))
+       AND NOT EXISTS (SELECT 1 FROM pg_type WHERE typnamespace = to_regnamespace({literal(schema)})) THEN
+        DROP SCHEMA {s};
+    END IF;
+END $tiersync$"""]
 
 
 INSTALLED_TRIGGERS_SQL = """
@@ -222,7 +231,7 @@ WHERE t.tgname = 'tiersync_capture' AND NOT t.tgisinternal
 # ---------------------------------------------------------------- reading the change log
 
 def read_sql(schema: str) -> str:
-    return (f"SELECT id, txid::text::bigint, tbl, op, pk::text, before::text, after::text, origin, captured_at "
+    return (f"SELECT id, txid::text::bigint, tbl, op, before::text, after::text, origin, captured_at "
             f"FROM {quote(schema)}.tiersync_change_log "
             f"WHERE txid >= %(lo)s::text::xid8 AND txid < %(hi)s::text::xid8 AND id > %(last_id)s "
             f"AND tbl = ANY(%(tables)s) ORDER BY id LIMIT %(limit)s")

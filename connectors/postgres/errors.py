@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psycopg
 
-from engine.errors import RowRejected, TerminalError, TransientError, TiersyncError
+from engine.errors import RowRejected, TerminalError, TiersyncError, TransientError
 
 _TRANSIENT_STATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "53300", "08000", "08003", "08006"}
 _TERMINAL_HINTS = {

@@ -6,8 +6,8 @@ import logging
 
 import psycopg
 
-from engine.event import ChangeEvent, Op, TableId
-from engine.seams import CapturedTable, Reader, ReadBatch
+from engine.event import ChangeEvent, Op
+from engine.seams import CapturedTable, ReadBatch, Reader
 
 from . import dialect
 from .connection import connect, parse_image
@@ -28,6 +28,8 @@ class PostgresChangeLogReader(Reader):
         self.tables = {str(t.info.id): t for t in tables}
         self.table_names = list(self.tables)
         self.decoders = {name: self._decoders(t) for name, t in self.tables.items()}
+        self.table_ids = {name: t.info.id for name, t in self.tables.items()}
+        self.keys = {name: t.key for name, t in self.tables.items()}  # the log's pk column is for people
         self.position = PostgresLogPosition.deserialise(start) if start else PostgresLogPosition()
         self.conn = connect(url, autocommit=True, application="tiersync-reader")
         self.database = self.conn.info.dbname
@@ -85,10 +87,12 @@ class PostgresChangeLogReader(Reader):
         return ReadBatch([], position.serialise())
 
     def _event(self, row) -> ChangeEvent:
-        row_id, txid, tbl, op, pk, before, after, origin, captured_at = row
+        row_id, txid, tbl, op, before, after, origin, captured_at = row
+        before, after = self._decode(tbl, before), self._decode(tbl, after)
+        image = after if after is not None else before
         return ChangeEvent(
-            op=_OPS[op], table=TableId.parse(tbl), key=tuple(parse_image(pk) or ()),
-            before=self._decode(tbl, before), after=self._decode(tbl, after), seq=row_id, txid=txid,
+            op=_OPS[op], table=self.table_ids[tbl], key=tuple(image.get(c) for c in self.keys[tbl]),
+            before=before, after=after, seq=row_id, txid=txid,
             origin=origin or self.node_id, captured_at=captured_at, source_node=self.node_id,
             source_database=self.database)
 

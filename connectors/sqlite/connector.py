@@ -39,8 +39,9 @@ class SqliteConnector(Connector):
     def describe(self, table: TableId) -> TableInfo | None:
         if not self._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table.name,)):
             return None
-        rows = self._query(f"SELECT name, type, \"notnull\", pk, hidden FROM pragma_table_xinfo(?)", (table.name,))
-        columns = tuple(ColumnInfo(name, type_, not notnull, hidden in (2, 3)) for name, type_, notnull, _, hidden in rows
+        rows = self._query("SELECT name, type, \"notnull\", pk, hidden FROM pragma_table_xinfo(?)", (table.name,))
+        columns = tuple(ColumnInfo(name, type_, not notnull, hidden in (2, 3))
+                        for name, type_, notnull, _, hidden in rows
                         if hidden != 1)
         key = tuple(name for name, *_ , pk, hidden in sorted(rows, key=lambda r: r[3]) if pk)
         parents = frozenset(TableId(None, r[0]) for r in self._query("SELECT \"table\" FROM pragma_foreign_key_list(?)",

@@ -148,7 +148,8 @@ def drop_trigger_ddl(table: TableId) -> list[str]:
 
 DROP_CHANGE_LOG_DDL = ["DROP TABLE IF EXISTS tiersync_change_log", "DROP TABLE IF EXISTS tiersync_consumer"]
 
-INSTALLED_TRIGGERS_SQL = "SELECT tbl_name, name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'tiersync\\_%' ESCAPE '\\'"
+INSTALLED_TRIGGERS_SQL = ("SELECT tbl_name, name FROM sqlite_master "
+                          "WHERE type = 'trigger' AND name LIKE 'tiersync\\_%' ESCAPE '\\'")
 
 READ_SQL = ("SELECT id, tbl, op, pk, before, after, origin, captured_at FROM tiersync_change_log "
             "WHERE id > ? AND tbl IN (SELECT value FROM json_each(?)) ORDER BY id LIMIT ?")

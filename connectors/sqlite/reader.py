@@ -8,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from engine.event import ChangeEvent, Op, TableId
-from engine.seams import CapturedTable, Reader, ReadBatch
+from engine.seams import CapturedTable, ReadBatch, Reader
 
 from . import dialect
 from .connection import connect, translate

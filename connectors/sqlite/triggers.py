@@ -54,6 +54,8 @@ class SqliteTriggerCapture(TriggerCapture):
             statements.append(f"DELETE FROM tiersync_consumer WHERE name = {dialect.literal(self.consumer)}")
         if not remaining:
             statements += dialect.DROP_CHANGE_LOG_DDL
+            if not self._query("SELECT 1 FROM sqlite_master WHERE name = 'tiersync_checkpoint'"):
+                statements.append("DROP TABLE IF EXISTS tiersync_apply_origin")  # not a target: not needed
         return statements
 
     def execute(self, statements: list[str]) -> None:

@@ -75,29 +75,34 @@ def test_triggers_sql_changes_nothing(enterprise_node):
     assert pg_rows(county, "SELECT count(*) FROM pg_trigger WHERE tgname = 'tiersync_capture'") == [(0,)]
 
 
+USER_OBJECTS = """
+SELECT 'rel ' || c.oid::regclass::text FROM pg_class c
+WHERE c.relnamespace::regnamespace::text NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+UNION ALL SELECT 'proc ' || p.oid::regprocedure::text FROM pg_proc p
+WHERE p.pronamespace::regnamespace::text NOT IN ('pg_catalog', 'information_schema')
+UNION ALL SELECT 'trigger ' || tgname FROM pg_trigger WHERE NOT tgisinternal
+UNION ALL SELECT 'schema ' || nspname FROM pg_namespace
+ORDER BY 1"""
+
+
 def test_install_twice_status_and_uninstall_leaves_nothing(enterprise_node):
     config, county, _ = enterprise_node
-    before = pg_rows(county, "SELECT count(*) FROM pg_class WHERE relnamespace <> 'pg_catalog'::regnamespace "
-                             "AND relnamespace <> 'information_schema'::regnamespace AND relnamespace::regnamespace::text NOT LIKE 'pg_%'")
-    funcs_before = pg_rows(county, "SELECT count(*) FROM pg_proc WHERE pronamespace::regnamespace::text NOT IN ('pg_catalog', 'information_schema')")
-    cli("triggers", "install", "--config", str(config), "--pipeline", "enterprise-up")
-    cli("triggers", "install", "--config", str(config), "--pipeline", "enterprise-up")
+    args = ("--config", str(config), "--pipeline", "enterprise-up")
+    before = pg_rows(county, USER_OBJECTS)
+    cli("triggers", "install", *args)
+    cli("triggers", "install", *args)
     assert pg_rows(county, "SELECT count(*) FROM pg_trigger WHERE tgname = 'tiersync_capture'") == [(1,)]
     pg_exec(county, "INSERT INTO enterprise VALUES (1, 'a', '110101', 1.50, 'x')",
             "INSERT INTO enterprise VALUES (2, 'b', '110101', 2.50, 'y')")
-    status = cli("triggers", "status", "--config", str(config), "--pipeline", "enterprise-up").output
+    status = cli("triggers", "status", *args).output
     line = next(x for x in status.splitlines() if x.startswith("public.enterprise"))
     assert line.split()[1:3] == ["yes", "2"]
-    refused = cli("triggers", "uninstall", "--config", str(config), "--pipeline", "enterprise-up", expect=1)
+    refused = cli("triggers", "uninstall", *args, expect=1)
     assert "pending" in refused.output
-    cli("triggers", "uninstall", "--config", str(config), "--pipeline", "enterprise-up", "--force")
-    assert pg_rows(county, "SELECT count(*) FROM pg_trigger WHERE tgname = 'tiersync_capture'") == [(0,)]
-    assert pg_rows(county, "SELECT to_regclass('tiersync.tiersync_change_log')") == [(None,)]
-    funcs_after = pg_rows(county, "SELECT count(*) FROM pg_proc WHERE pronamespace::regnamespace::text NOT IN ('pg_catalog', 'information_schema')")
-    assert funcs_after == funcs_before
-    assert pg_rows(county, "SELECT count(*) FROM enterprise") == [(2,)]  # the business data is untouched
-    assert before[0][0] + 0 <= pg_rows(county, "SELECT count(*) FROM pg_class WHERE relnamespace <> 'pg_catalog'::regnamespace "
-                                       "AND relnamespace <> 'information_schema'::regnamespace AND relnamespace::regnamespace::text NOT LIKE 'pg_%'")[0][0]
+    assert "DROP TRIGGER IF EXISTS tiersync_capture" in cli("triggers", "sql", "--uninstall", *args).output
+    cli("triggers", "uninstall", *args, "--force")
+    assert pg_rows(county, USER_OBJECTS) == before  # every object install made is gone; nothing else was touched
+    assert pg_rows(county, "SELECT count(*) FROM enterprise") == [(2,)]
 
 
 def test_refuses_table_without_key(tmp_path, pg_databases):

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import sqlite3
 
-import pytest
-
 from tests.helpers import cli, pg_exec, pg_rows, run_once, write_node
 
 
@@ -53,10 +51,11 @@ def test_sqlite_to_sqlite_mirror_with_triggers_lifecycle(tmp_path):
     status = cli("triggers", "status", "--config", str(config), "--pipeline", "p").output
     assert "yes" in status and "158" in status
     run_once(config)
-    assert rows(tmp_path / "s.db", "SELECT * FROM t ORDER BY id") == rows(tmp_path / "d.db", "SELECT * FROM t ORDER BY id")
+    everything = "SELECT * FROM t ORDER BY id"
+    assert rows(tmp_path / "s.db", everything) == rows(tmp_path / "d.db", everything)
     assert rows(tmp_path / "s.db", "SELECT count(*) FROM tiersync_change_log") == [(0,)]
     cli("triggers", "uninstall", "--config", str(config), "--pipeline", "p")
-    assert rows(tmp_path / "s.db", "SELECT name FROM sqlite_master WHERE name LIKE 'tiersync%' AND name <> 'tiersync_apply_origin'") == []
+    assert rows(tmp_path / "s.db", "SELECT name FROM sqlite_master WHERE name LIKE 'tiersync%'") == []
 
 
 def test_relayed_changes_carry_their_origin_and_never_echo_back(tmp_path, pg_databases):
@@ -99,6 +98,7 @@ def test_unreachable_database_is_a_clear_error(tmp_path):
         {"name": "p", "source": {"database": "s", "tables": ["t"]}, "target": {"database": "d"}}])
     output = cli("check", "--config", str(config), expect=2).output
     assert "cannot connect to postgresql://postgres@127.0.0.1:1/nowhere" in output
-    output = cli("check", "--config", str(write_node(tmp_path / "n2.yaml", {"s": sqlite_url(tmp_path / "missing.db"), "d": src}, [
-        {"name": "p", "source": {"database": "s", "tables": ["t"]}, "target": {"database": "d"}}])), expect=2).output
+    missing = write_node(tmp_path / "n2.yaml", {"s": sqlite_url(tmp_path / "missing.db"), "d": src}, [
+        {"name": "p", "source": {"database": "s", "tables": ["t"]}, "target": {"database": "d"}}])
+    output = cli("check", "--config", str(missing), expect=2).output
     assert "missing.db does not exist" in output

@@ -30,8 +30,9 @@ def row(i, name="a", capital="1"):
 
 def test_rename_drop_constant_cast():
     m = mapping(drop=["note"], constants={"sjly": "county"})
-    m2 = CompiledMapping(MappingConfig(source="public.enterprise", columns={"capital": {"to": "zczb", "cast": "decimal"}},
-                                       drop=["note"]), SRC, ("id",), TGT, "mirror")
+    rules = MappingConfig(source="public.enterprise", columns={"capital": {"to": "zczb", "cast": "decimal"}},
+                          drop=["note"])
+    m2 = CompiledMapping(rules, SRC, ("id",), TGT, "mirror")
     [change] = m.map(event("c", 1, after=row(1)))
     assert change.kind == "upsert" and change.key == (1,)
     assert change.row == {"qyid": 1, "qymc": "a", "xzqh": "110101", "capital": "1", "sjly": "county"}
