@@ -20,7 +20,16 @@ def connect(url: str, *, autocommit: bool = False, application: str = "tiersync"
     return conn
 
 
-_IMAGE_DECODER = json.JSONDecoder(parse_float=Decimal)  # built once: json.loads(…, parse_float=…) builds one per call
+def _json_int(text: str):
+    # "-0" is a float's negative zero (integer types never print it); integers longer than Python converts
+    # from text by default (4300 digits; numeric and jsonb hold far more) stay exact as Decimal
+    if text == "-0" or len(text) > 4000:
+        return Decimal(text)
+    return int(text)
+
+
+# built once: json.loads(…, parse_float=…) builds one per call
+_IMAGE_DECODER = json.JSONDecoder(parse_float=Decimal, parse_int=_json_int)
 
 
 def parse_image(text: str | None):

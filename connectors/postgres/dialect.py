@@ -309,10 +309,16 @@ def set_origin_sql() -> str:
 
 # ---------------------------------------------------------------- values
 
+def json_number(value: Decimal) -> Any:
+    """A number of a JSON document: a plain float where that writes back as the same text, else exact."""
+    as_float = float(value)
+    return as_float if repr(as_float) == str(value) else value  # 1.10, 1E+20, 0.1234567890123456789 stay Decimal
+
+
 def _walk_json(value: Any) -> Any:
-    """JSON documents are parsed with exact decimals; inside a json column plain floats are expected."""
+    """JSON documents are parsed with exact decimals; a number stays Decimal where a float would change it."""
     if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() and "." not in str(value) else float(value)
+        return json_number(value)
     if isinstance(value, list):
         return [_walk_json(v) for v in value]
     if isinstance(value, dict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -145,4 +146,29 @@ class PostgresSession(TargetSession):
 
 
 def _dumps(value) -> str:
+    """JSON text of a document; numbers held as Decimal (1.10, 12345678901234567890.5) are written exactly."""
+    try:
+        return json.dumps(value, default=_plain_default, ensure_ascii=False)
+    except _HasDecimal:
+        return _exact_dumps(value)
+
+
+class _HasDecimal(Exception):
+    pass
+
+
+def _plain_default(value):
+    if isinstance(value, Decimal) and value.is_finite():
+        raise _HasDecimal  # json.dumps can only write it as a string or a float: take the exact path
+    return json_default(value)
+
+
+def _exact_dumps(value) -> str:
+    if isinstance(value, Decimal) and value.is_finite():
+        return str(value).lower()  # 1.10 stays 1.10; 1E+22 is written 1e+22
+    if isinstance(value, dict):
+        return "{" + ", ".join(json.dumps(k if isinstance(k, str) else json.dumps(k), ensure_ascii=False) + ": "
+                               + _exact_dumps(v) for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return "[" + ", ".join(_exact_dumps(v) for v in value) + "]"
     return json.dumps(value, default=json_default, ensure_ascii=False)

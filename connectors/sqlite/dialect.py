@@ -94,14 +94,15 @@ def affinity(declared: str) -> str:
 
 def _image_value(column: str, declared: str, image: str) -> str:
     ref = f"{image}.{quote(column)}"
-    kind = affinity(declared)
-    # JSON cannot hold a BLOB: blobs travel as hex; reals use the shortest text that reads back exactly
-    # (SQLite's JSON writer keeps only 15 digits of a double)
-    real_text = (f"CASE WHEN CAST(printf('%!.15g', {ref}) AS REAL) = {ref} THEN printf('%!.15g', {ref}) "
-                 f"ELSE printf('%!.17g', {ref}) END")
-    if kind in ("REAL", "NUMERIC"):
-        return f"CASE typeof({ref}) WHEN 'blob' THEN hex({ref}) WHEN 'real' THEN {real_text} ELSE {ref} END"
-    return f"CASE typeof({ref}) WHEN 'blob' THEN hex({ref}) ELSE {ref} END"
+    # JSON cannot hold a BLOB: blobs travel as hex. Reals travel as JSON numbers with 18 significant digits:
+    # SQLite's JSON writer keeps only 15, its printf is not correctly rounded at 17 (1.7976931348623157e308
+    # prints as …56e+308), and its own text-to-real CAST is not correctly rounded either, so a shorter text
+    # "verified" by CAST can still be a different double. 18 digits read back exactly (checked on millions of
+    # doubles); the reader turns them into the float, or for decimal columns into its shortest decimal text.
+    # Any column can hold a real (SQLite types values, not columns); infinities travel as strings.
+    real_json = (f"CASE WHEN {ref} = 9e999 THEN 'Infinity' WHEN {ref} = -9e999 THEN '-Infinity' "
+                 f"ELSE json(printf('%!.18g', {ref})) END")
+    return f"CASE typeof({ref}) WHEN 'blob' THEN hex({ref}) WHEN 'real' THEN {real_json} ELSE {ref} END"
 
 
 def _image(table: TableInfo, image: str) -> str:
@@ -202,11 +203,15 @@ def _lenient(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 
 def _decimal(value: Any) -> Any:
-    return Decimal(str(value)) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else value
+    if isinstance(value, Decimal):  # a REAL (see _image_value): the shortest decimal that is that double
+        return Decimal(repr(float(value))) if value.is_finite() else value
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    return Decimal(value) if isinstance(value, (int, str)) and not isinstance(value, bool) else value
 
 
 def _real(value: Any) -> Any:
-    return float(value) if isinstance(value, (int, str)) else value
+    return float(value) if isinstance(value, (int, str, Decimal)) and not isinstance(value, bool) else value
 
 
 def _bool(value: Any) -> Any:
@@ -221,8 +226,32 @@ def _blob(value: Any) -> Any:
     return bytes.fromhex(value) if isinstance(value, str) else value
 
 
+def _json_number(value: Decimal) -> Any:
+    """A number of a JSON document: a plain float where that writes back as the same text, else exact."""
+    as_float = float(value)
+    return as_float if repr(as_float) == str(value) else value  # 1.10, 1E+20, 0.1234567890123456789 stay Decimal
+
+
+def _json_int(text: str) -> Any:
+    return Decimal(text) if text == "-0" or len(text) > 4000 else int(text)
+
+
+def _json_walk(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return _json_number(value)
+    if isinstance(value, list):
+        return [_json_walk(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_walk(v) for k, v in value.items()}
+    return value
+
+
 def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
+    if isinstance(value, str):  # numbers are kept exact: 1.10 stays 1.10, 12345678901234567890.5 all its digits
+        return _json_walk(json.loads(value, parse_float=Decimal, parse_int=_json_int))
+    if isinstance(value, Decimal):  # a JSON column holding a REAL
+        return float(value)
+    return value
 
 
 def _array(value: Any) -> Any:
