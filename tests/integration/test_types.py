@@ -145,7 +145,8 @@ HUGE = "9" * 5000  # more digits than Python converts from text to int by defaul
 SQL_ROWS.append(f"""INSERT INTO all_types (id, c_numeric_free, c_json, c_jsonb, c_numeric_array)
     VALUES (15, '{HUGE}.{HUGE}', '[{HUGE}, -{HUGE}.5]', '{{"n": -{HUGE}}}', '{{{HUGE},-0.{HUGE}}}')""")
 SQL_ROWS.append(f"""INSERT INTO all_types (id, c_numeric_free) VALUES (16, '-{HUGE}')""")
-JSON_ROWS = [{"id": 17, "c_json": Json(None, dumps=lambda _: JSON_DOC), "c_jsonb": Jsonb(None, dumps=lambda _: JSON_DOC)}]
+JSON_ROWS = [{"id": 17, "c_json": Json(None, dumps=lambda _: JSON_DOC),
+              "c_jsonb": Jsonb(None, dumps=lambda _: JSON_DOC)}]
 
 # the same table written by a session in another time zone, and with non-default output settings
 NEW_YORK_ROWS = [
@@ -278,7 +279,7 @@ def test_postgres_to_postgres_every_type_exact(tmp_path, pg_databases):
     with psycopg.connect(city, autocommit=True) as conn:
         conn.execute("SET TIME ZONE 'UTC'")
         assert conn.execute("SELECT c_timestamptz::text FROM all_types WHERE id IN (10, 11) ORDER BY id").fetchall() \
-            == [("2024-03-10 07:30:00+00",), ("2024-11-03 06:30:00+00",)]  # New York wall times; an ambiguous one is EST
+            == [("2024-03-10 07:30:00+00",), ("2024-11-03 06:30:00+00",)]  # New York wall times (ambiguous: EST)
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -365,8 +366,8 @@ def test_property_random_values_round_trip_exactly(property_node, batch, changed
             values = [Jsonb(row[c], dumps=_json_text) if c == "j" and row[c] is not None
                       else Json(row["j"], dumps=_json_text) if c == "js" and row["j"] is not None
                       else row["j" if c == "js" else c] for c in columns]
-            conn.execute(f"INSERT INTO prop (id, {', '.join(columns)}) VALUES ({', '.join(['%s'] * (len(columns) + 1))})",
-                         [row_id, *values])
+            marks = ", ".join(["%s"] * (len(columns) + 1))
+            conn.execute(f"INSERT INTO prop (id, {', '.join(columns)}) VALUES ({marks})", [row_id, *values])
         # and one row changed afterwards: the update's image must be exact too
         conn.execute(f"UPDATE prop SET {', '.join(f'{c} = %s' for c in columns if c not in ('j', 'js'))} WHERE id = %s",
                      [changed[c] for c in columns if c not in ("j", "js")] + [ids[0]])
@@ -461,7 +462,8 @@ def test_sqlite_to_postgres_every_type_exact(tmp_path, pg_databases):
     cli("triggers", "install", "--config", str(config), "--pipeline", "readings-up")
 
     for row in SQLITE_ROWS:
-        db.execute(f"INSERT INTO readings ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})", list(row.values()))
+        marks = ", ".join("?" for _ in row)
+        db.execute(f"INSERT INTO readings ({', '.join(row)}) VALUES ({marks})", list(row.values()))
     db.executemany("INSERT INTO readings (id, c_real, c_dec_free) VALUES (?, ?, ?)",
                    [(100 + i, v, v) for i, v in enumerate(FLOATS)])
     for statement in SQLITE_UPDATES:
@@ -494,7 +496,7 @@ def test_sqlite_to_postgres_every_type_exact(tmp_path, pg_databases):
         if src["c_blob"] is not None:
             assert isinstance(dst["c_blob"], bytes)
         assert dst["c_bool"] == (None if src["c_bool"] is None else bool(src["c_bool"])), where
-        # decimals: SQLite holds 12.34 as a double; it arrives as 12.34, not 12.339999999999999857891452847979962825775146484375
+        # decimals: SQLite holds 12.34 as a double; it arrives as 12.34, not 12.3399999999999998578914528…
         for column, places in (("c_num", "0.01"), ("c_dec", "0.01"), ("c_dec_free", None)):
             expected = None if src[column] is None else _expected_decimal(src[column], places)
             assert dst[column] == expected, f"{where} {column}"
