@@ -237,6 +237,16 @@ def read_sql(schema: str) -> str:
             f"AND tbl = ANY(%(tables)s) ORDER BY id LIMIT %(limit)s")
 
 
+# The change log changes too fast for its statistics to help: without these the planner may scan every
+# pending row and sort them to return the first few thousand (quadratic over a backlog). Walking the
+# primary key in order and stopping at LIMIT is always right for this query.
+READER_SESSION_SQL = ["SET enable_sort = off", "SET enable_bitmapscan = off", "SET enable_seqscan = off"]
+
+# A staging table holds one batch and has no statistics: joining it to the target must probe the
+# target's key index row by row, never hash or merge the whole target.
+APPLY_SESSION_SQL = ["SET TIME ZONE 'UTC'",  # naive timestamps written into timestamptz mean UTC
+                     "SET enable_hashjoin = off", "SET enable_mergejoin = off"]
+
 HORIZON_SQL = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
 
 
@@ -245,12 +255,23 @@ def consumer_update_sql(schema: str) -> str:
             f"last_id = %(last_id)s, updated_at = now() WHERE name = %(name)s")
 
 
-def purge_sql(schema: str, by_range: bool) -> str:
-    """Delete change-log rows every registered consumer of their table has applied."""
+def purge_window_sql(schema: str) -> str:
+    """Delete the rows of one applied batch that every registered consumer of their table has applied.
+
+    The window (``first_id``..``last_id`` inside the batch's txid range) keeps this an index range scan:
+    a purge that started from the lowest id would walk every dead index entry left by earlier purges.
+    """
     s = quote(schema)
-    candidates = ("l.id <= %(last_id)s AND l.txid < %(hi)s::text::xid8" if by_range
-                  else "l.txid < %(lo)s::text::xid8")
-    return (f"DELETE FROM {s}.tiersync_change_log l WHERE {candidates} AND NOT EXISTS ("
+    return (f"DELETE FROM {s}.tiersync_change_log l WHERE l.id >= %(first_id)s AND l.id <= %(last_id)s "
+            f"AND l.txid >= %(lo)s::text::xid8 AND l.txid < %(hi)s::text::xid8 AND NOT EXISTS ("
+            f"SELECT 1 FROM {s}.tiersync_consumer c WHERE (c.tables IS NULL OR l.tbl = ANY(c.tables)) "
+            f"AND NOT (l.txid < c.lo OR (l.txid < c.hi AND l.id <= c.last_id)))")
+
+
+def purge_sweep_sql(schema: str) -> str:
+    """Delete every row all consumers have applied (a full scan: run rarely, for rows windows missed)."""
+    s = quote(schema)
+    return (f"DELETE FROM {s}.tiersync_change_log l WHERE NOT EXISTS ("
             f"SELECT 1 FROM {s}.tiersync_consumer c WHERE (c.tables IS NULL OR l.tbl = ANY(c.tables)) "
             f"AND NOT (l.txid < c.lo OR (l.txid < c.hi AND l.id <= c.last_id)))")
 

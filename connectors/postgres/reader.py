@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import psycopg
 
@@ -17,6 +18,7 @@ from .position import PostgresLogPosition
 log = logging.getLogger(__name__)
 
 _OPS = {"c": Op.CREATE, "u": Op.UPDATE, "d": Op.DELETE}
+SWEEP_INTERVAL = 300.0  # seconds between full purges of rows no batch window covered
 
 
 class PostgresChangeLogReader(Reader):
@@ -33,7 +35,12 @@ class PostgresChangeLogReader(Reader):
         self.position = PostgresLogPosition.deserialise(start) if start else PostgresLogPosition()
         self.conn = connect(url, autocommit=True, application="tiersync-reader")
         self.database = self.conn.info.dbname
-        self._purged_below = -1
+        for statement in dialect.READER_SESSION_SQL:
+            self._execute(statement)
+        self._windows: dict[str, int] = {}  # position handed out → first change-log id of its batch
+        self._last_sweep = 0.0  # sweep on the first acknowledgement: windows of a crashed run are lost
+        self._swept_since_ack = True
+        self._ack_conn = None
         self._register()
 
     @staticmethod
@@ -78,9 +85,16 @@ class PostgresChangeLogReader(Reader):
                 events = [self._event(row) for row in rows]
                 position = PostgresLogPosition(position.lo, position.hi, rows[-1][0])
                 self.position = position
-                return ReadBatch(events, position.serialise())
+                serialised = position.serialise()
+                self._windows[serialised] = rows[0][0]
+                return ReadBatch(events, serialised)
             horizon = self._execute(dialect.HORIZON_SQL).fetchone()[0]
             if horizon <= position.hi:
+                if not self._swept_since_ack:  # idle: a good moment to clear what windows missed
+                    try:
+                        self._sweep(self.conn)
+                    except psycopg.Error as exc:
+                        raise translate(exc, "purging the change log") from None
                 break
             position = PostgresLogPosition(position.hi, horizon, 0)
             self.position = position
@@ -97,14 +111,32 @@ class PostgresChangeLogReader(Reader):
             source_database=self.database)
 
     def acknowledge(self, position: str) -> None:
-        """The target has committed everything up to ``position``: record it and purge what all consumers have."""
+        """The target has committed everything up to ``position``: record it and purge what all consumers have.
+
+        Runs on its own connection, so the next batch can be read meanwhile.
+        """
         pos = PostgresLogPosition.deserialise(position)
         params = self._params(pos)
-        self._execute(dialect.consumer_update_sql(self.schema), params, "acknowledging the source")
-        self._execute(dialect.purge_sql(self.schema, by_range=True), params, "purging the change log")
-        if pos.lo != self._purged_below:  # a new range: rows of older ranges above last_id can go too
-            self._execute(dialect.purge_sql(self.schema, by_range=False), params, "purging the change log")
-            self._purged_below = pos.lo
+        if self._ack_conn is None:
+            self._ack_conn = connect(self.url, autocommit=True, application="tiersync-ack")
+        first_id = self._windows.pop(position, None)
+        try:
+            with self._ack_conn.transaction():
+                self._ack_conn.execute(dialect.consumer_update_sql(self.schema), params)
+                if first_id is not None:
+                    self._ack_conn.execute(dialect.purge_window_sql(self.schema), dict(params, first_id=first_id))
+            self._swept_since_ack = False
+            if time.monotonic() - self._last_sweep > SWEEP_INTERVAL:
+                self._sweep(self._ack_conn)
+        except psycopg.Error as exc:
+            raise translate(exc, "acknowledging the source") from None
+
+    def _sweep(self, conn) -> None:
+        conn.execute(dialect.purge_sweep_sql(self.schema))
+        self._last_sweep = time.monotonic()
+        self._swept_since_ack = True
 
     def close(self) -> None:
         self.conn.close()
+        if self._ack_conn is not None:
+            self._ack_conn.close()

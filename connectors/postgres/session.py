@@ -32,7 +32,8 @@ class PostgresSession(TargetSession):
         self._origin: str | None = None
         self._json_columns: dict = {}
         try:
-            self.cur.execute("SET TIME ZONE 'UTC'")  # naive timestamps into timestamptz mean UTC
+            for statement in dialect.APPLY_SESSION_SQL:
+                self.cur.execute(statement)
             self.conn.commit()
         except psycopg.Error as exc:
             raise translate(exc, "preparing the target session") from None
