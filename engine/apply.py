@@ -13,15 +13,13 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from operator import itemgetter
-from typing import Any
-from uuid import UUID
 
 from .compaction import compact
 from .errors import RowRejected, TerminalError
 from .event import ChangeEvent, TableId
+from .jsontext import dumps_exact
 from .mapping import TargetChange
 from .schema import TableInfo, dependency_order
 from .seams import DeadLetter, TargetSession
@@ -177,21 +175,6 @@ def _dead_letter(batch: Batch, group: _Group, change: TargetChange, error: str) 
     )
 
 
-def json_default(value: Any) -> Any:
-    """JSON form of the values row images hold."""
-    if isinstance(value, (datetime, date, time)):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return "\\x" + bytes(value).hex()
-    if isinstance(value, (UUID, timedelta)):
-        return str(value)
-    if isinstance(value, (set, tuple)):
-        return list(value)
-    return str(value)
-
-
 def event_to_json(event: ChangeEvent, target_row: dict | None = None) -> dict:
     """The event as a JSON-safe dict (used for dead letters and for file output)."""
     doc = {
@@ -207,4 +190,4 @@ def event_to_json(event: ChangeEvent, target_row: dict | None = None) -> dict:
     }
     if target_row is not None:
         doc["target_row"] = target_row
-    return json.loads(json.dumps(doc, default=json_default, ensure_ascii=False))
+    return json.loads(dumps_exact(doc), parse_float=Decimal)  # JSON-safe, numbers still exact

@@ -17,6 +17,7 @@ from typing import Any
 from uuid import UUID
 
 from .event import ChangeEvent, Op, TableId
+from .jsontext import dumps_exact
 
 SCHEMA_DIR = resources.files("schemas.avro")
 
@@ -54,10 +55,9 @@ def _encode_value(value: Any) -> dict:
     if isinstance(value, UUID):
         return {"v": ("tiersync.Uuid", {"text": str(value)})}
     if isinstance(value, dict):
-        return {"v": ("tiersync.Json", {"text": json.dumps(value, ensure_ascii=False)})}
+        return {"v": ("tiersync.Json", {"text": dumps_exact(value)})}
     if isinstance(value, list):
-        from .apply import json_default
-        return {"v": ("tiersync.List", {"json": json.dumps(value, ensure_ascii=False, default=json_default)})}
+        return {"v": ("tiersync.List", {"json": dumps_exact(value)})}
     raise TypeError(f"no Avro form for {type(value).__name__}")
 
 
@@ -77,8 +77,8 @@ def _decode_value(cell: dict) -> Any:
     if name == "tiersync.Uuid":
         return UUID(body["text"])
     if name == "tiersync.Json":
-        return json.loads(body["text"])
-    return json.loads(body["json"])
+        return json.loads(body["text"], parse_float=Decimal)
+    return json.loads(body["json"], parse_float=Decimal)
 
 
 def _image(row: dict | None) -> dict | None:

@@ -8,6 +8,8 @@ from datetime import date, datetime, time, timezone
 from decimal import Decimal
 from typing import Any, Callable
 
+from .jsontext import dumps_exact
+
 _TRUE = {"1", "t", "true", "y", "yes", "on"}
 _FALSE = {"0", "f", "false", "n", "no", "off"}
 
@@ -69,7 +71,7 @@ def _to_timestamptz(value: Any) -> datetime:
 
 def _to_text(value: Any) -> str:
     if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        return dumps_exact(value)
     if isinstance(value, bytes):
         return value.hex()
     if isinstance(value, (datetime, date, time)):

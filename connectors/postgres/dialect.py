@@ -172,8 +172,13 @@ def trigger_ddl(schema: str, table: TableInfo, key: tuple[str, ...]) -> list[str
     def key_of(image: str) -> str:
         return "json_build_array(" + ", ".join(f"{image}.{quote(c)}" for c in key) + ")" if key else "NULL"
 
+    # row_to_json prints floats in the writing session's extra_float_digits; a session that lowered it
+    # would lose digits, so tables with float columns pin it (a per-call cost, paid only where needed)
+    has_floats = any(c.type in ("real", "double precision") or c.type.startswith(("real[", "double precision["))
+                     for c in table.columns)
+    pin = "\nSET extra_float_digits = 1" if has_floats else ""
     body = f"""CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger
-LANGUAGE plpgsql AS $tiersync$
+LANGUAGE plpgsql{pin} AS $tiersync$
 DECLARE
     old_image json;
     new_image json;

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from decimal import Decimal
-
 import psycopg
 from psycopg.types.json import Jsonb
 
-from engine.apply import json_default
 from engine.errors import RowRejected
+from engine.jsontext import dumps_exact
 from engine.schema import TableInfo
 from engine.seams import DeadLetter, TargetSession
 
@@ -100,7 +97,7 @@ class PostgresSession(TargetSession):
                         row = list(row)
                         for i in json_positions:
                             if row[i] is not None:
-                                row[i] = Jsonb(row[i], dumps=_dumps)
+                                row[i] = Jsonb(row[i], dumps=dumps_exact)
                         copy.write_row(row)
                 else:
                     for row in rows:
@@ -135,8 +132,8 @@ class PostgresSession(TargetSession):
         self._run(dialect.save_checkpoint_sql(self.schema), (pipeline, position, changes), "saving the checkpoint")
 
     def save_dead_letters(self, letters: list[DeadLetter]) -> None:
-        rows = [(d.pipeline, d.source_table, d.target_table, d.op, Jsonb(d.key, dumps=_dumps), d.error,
-                 Jsonb(d.event, dumps=_dumps), d.position) for d in letters]
+        rows = [(d.pipeline, d.source_table, d.target_table, d.op, Jsonb(d.key, dumps=dumps_exact), d.error,
+                 Jsonb(d.event, dumps=dumps_exact), d.position) for d in letters]
         try:
             self.cur.executemany(dialect.dead_letter_insert_sql(self.schema), rows)
         except psycopg.Error as exc:
@@ -144,32 +141,3 @@ class PostgresSession(TargetSession):
 
     def close(self) -> None:
         self.conn.close()
-
-
-def _dumps(value) -> str:
-    """JSON text of a document; numbers held as Decimal (1.10, 12345678901234567890.5) are written exactly."""
-    try:
-        return json.dumps(value, default=_plain_default, ensure_ascii=False)
-    except _HasDecimal:
-        return _exact_dumps(value)
-
-
-class _HasDecimal(Exception):
-    pass
-
-
-def _plain_default(value):
-    if isinstance(value, Decimal) and value.is_finite():
-        raise _HasDecimal  # json.dumps can only write it as a string or a float: take the exact path
-    return json_default(value)
-
-
-def _exact_dumps(value) -> str:
-    if isinstance(value, Decimal) and value.is_finite():
-        return str(value).lower()  # 1.10 stays 1.10; 1E+22 is written 1e+22
-    if isinstance(value, dict):
-        return "{" + ", ".join(json.dumps(k if isinstance(k, str) else json.dumps(k), ensure_ascii=False) + ": "
-                               + _exact_dumps(v) for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return "[" + ", ".join(_exact_dumps(v) for v in value) + "]"
-    return json.dumps(value, default=json_default, ensure_ascii=False)

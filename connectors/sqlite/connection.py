@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -10,8 +9,8 @@ from pathlib import Path
 from urllib.parse import unquote
 from uuid import UUID
 
-from engine.apply import json_default
 from engine.errors import RowRejected, TerminalError, TiersyncError, TransientError
+from engine.jsontext import dumps_exact
 
 # SQLite stores text, integers, reals and blobs; everything else is written as its canonical text.
 for _type in (Decimal, UUID, timedelta):
@@ -20,37 +19,8 @@ for _type in (datetime, date, time):
     sqlite3.register_adapter(_type, lambda v: v.isoformat())
 
 
-def _json_text(value) -> str:
-    """JSON text of a document; numbers held as Decimal (1.10, 12345678901234567890.5) are written exactly."""
-    try:
-        return json.dumps(value, default=_plain_default, ensure_ascii=False)
-    except _HasDecimal:
-        return _exact_json(value)
-
-
-class _HasDecimal(Exception):
-    pass
-
-
-def _plain_default(value):
-    if isinstance(value, Decimal) and value.is_finite():
-        raise _HasDecimal  # json.dumps can only write it as a string or a float: take the exact path
-    return json_default(value)
-
-
-def _exact_json(value) -> str:
-    if isinstance(value, Decimal) and value.is_finite():
-        return str(value).lower()  # 1.10 stays 1.10; 1E+22 is written 1e+22
-    if isinstance(value, dict):
-        return "{" + ", ".join(json.dumps(k if isinstance(k, str) else json.dumps(k), ensure_ascii=False) + ": "
-                               + _exact_json(v) for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return "[" + ", ".join(_exact_json(v) for v in value) + "]"
-    return json.dumps(value, default=json_default, ensure_ascii=False)
-
-
-sqlite3.register_adapter(dict, _json_text)
-sqlite3.register_adapter(list, _json_text)
+sqlite3.register_adapter(dict, dumps_exact)
+sqlite3.register_adapter(list, dumps_exact)
 
 
 def path_of(url: str) -> str:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 
-from engine.apply import json_default
+from engine.jsontext import dumps_exact
 from engine.schema import TableInfo
 from engine.seams import DeadLetter, TargetSession
 
@@ -78,14 +77,10 @@ class SqliteSession(TargetSession):
         self._run(dialect.SAVE_CHECKPOINT_SQL, (pipeline, position, changes), "saving the checkpoint")
 
     def save_dead_letters(self, letters: list[DeadLetter]) -> None:
-        rows = [(d.pipeline, d.source_table, d.target_table, d.op, _dumps(d.key), d.error, _dumps(d.event),
+        rows = [(d.pipeline, d.source_table, d.target_table, d.op, dumps_exact(d.key), d.error, dumps_exact(d.event),
                  d.position) for d in letters]
         self._many(dialect.DEAD_LETTER_SQL, rows, "writing dead letters")
 
     def close(self) -> None:
         self.conn.close()
-
-
-def _dumps(value) -> str:
-    return json.dumps(value, default=json_default, ensure_ascii=False)
 

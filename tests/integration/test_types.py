@@ -282,11 +282,6 @@ def test_postgres_to_postgres_every_type_exact(tmp_path, pg_databases):
             == [("2024-03-10 07:30:00+00",), ("2024-11-03 06:30:00+00",)]  # New York wall times (ambiguous: EST)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "KNOWN LIMITATION, not fixable in the value code: the capture trigger runs row_to_json in the writer's "
-    "session, and a writer that sets extra_float_digits to 0 or less gets floats printed with 15 (real: 6) "
-    "significant digits, so 0.1::float8 + 0.2::float8 is captured as 0.3. The fix is one clause on the capture "
-    "function in dialect.trigger_ddl (SET extra_float_digits = 1); this test then passes and must lose its marker."))
 def test_float_digits_do_not_depend_on_the_writers_session(tmp_path, pg_databases):
     county, city = pg_databases
     ddl = "CREATE TABLE public.floats (id integer PRIMARY KEY, d double precision, r real)"

@@ -1,0 +1,53 @@
+"""JSON text of row values: every value kind a row image holds, numbers written exactly."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+
+def json_default(value: Any) -> Any:
+    """JSON form of the non-JSON values row images hold."""
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "\\x" + bytes(value).hex()
+    if isinstance(value, (UUID, timedelta)):
+        return str(value)
+    if isinstance(value, (set, tuple, frozenset)):
+        return list(value)
+    return str(value)
+
+
+def dumps_exact(value: Any) -> str:
+    """JSON text of a document; numbers held as Decimal (1.10, 12345678901234567890.5) are written exactly."""
+    try:
+        return json.dumps(value, default=_plain_default, ensure_ascii=False)
+    except _HasDecimal:
+        return _exact(value)
+
+
+class _HasDecimal(Exception):
+    pass
+
+
+def _plain_default(value: Any) -> Any:
+    if isinstance(value, Decimal) and value.is_finite():
+        raise _HasDecimal  # json.dumps can only write it as a string or a float: take the exact path
+    return json_default(value)
+
+
+def _exact(value: Any) -> str:
+    if isinstance(value, Decimal) and value.is_finite():
+        return str(value).lower()  # 1.10 stays 1.10; 1E+22 is written 1e+22
+    if isinstance(value, dict):
+        return "{" + ", ".join(json.dumps(k if isinstance(k, str) else json.dumps(k), ensure_ascii=False) + ": "
+                               + _exact(v) for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return "[" + ", ".join(_exact(v) for v in value) + "]"
+    return json.dumps(value, default=json_default, ensure_ascii=False)
