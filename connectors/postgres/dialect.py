@@ -260,6 +260,12 @@ def consumer_update_sql(schema: str) -> str:
             f"last_id = %(last_id)s, updated_at = now() WHERE name = %(name)s")
 
 
+def _applied_by_every_consumer(s: str) -> str:
+    """True for a change-log row ``l`` that every registered consumer of its table has applied."""
+    return (f"NOT EXISTS (SELECT 1 FROM {s}.tiersync_consumer c WHERE (c.tables IS NULL OR l.tbl = ANY(c.tables)) "
+            f"AND NOT (l.txid < c.lo OR (l.txid < c.hi AND l.id <= c.last_id)))")
+
+
 def purge_window_sql(schema: str) -> str:
     """Delete the rows of one applied batch that every registered consumer of their table has applied.
 
@@ -268,17 +274,13 @@ def purge_window_sql(schema: str) -> str:
     """
     s = quote(schema)
     return (f"DELETE FROM {s}.tiersync_change_log l WHERE l.id >= %(first_id)s AND l.id <= %(last_id)s "
-            f"AND l.txid >= %(lo)s::text::xid8 AND l.txid < %(hi)s::text::xid8 AND NOT EXISTS ("
-            f"SELECT 1 FROM {s}.tiersync_consumer c WHERE (c.tables IS NULL OR l.tbl = ANY(c.tables)) "
-            f"AND NOT (l.txid < c.lo OR (l.txid < c.hi AND l.id <= c.last_id)))")
+            f"AND l.txid >= %(lo)s::text::xid8 AND l.txid < %(hi)s::text::xid8 AND {_applied_by_every_consumer(s)}")
 
 
 def purge_sweep_sql(schema: str) -> str:
     """Delete every row all consumers have applied (a full scan: run rarely, for rows windows missed)."""
     s = quote(schema)
-    return (f"DELETE FROM {s}.tiersync_change_log l WHERE NOT EXISTS ("
-            f"SELECT 1 FROM {s}.tiersync_consumer c WHERE (c.tables IS NULL OR l.tbl = ANY(c.tables)) "
-            f"AND NOT (l.txid < c.lo OR (l.txid < c.hi AND l.id <= c.last_id)))")
+    return f"DELETE FROM {s}.tiersync_change_log l WHERE {_applied_by_every_consumer(s)}"
 
 
 def pending_sql(schema: str) -> str:
