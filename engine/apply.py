@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from operator import itemgetter
@@ -61,37 +63,51 @@ class BatchApplier:
         self.tables = tables
         self.order = dependency_order(tables)
 
-    def apply(self, batch: Batch) -> ApplyResult:
-        net = compact(batch.changes)
-        result = ApplyResult(compacted_away=len(batch.changes) - len(net))
-        groups = self._plan(net)
+    @contextmanager
+    def transaction(self, pipeline: str) -> Iterator[TargetSession]:
+        """One target transaction, holding the pipeline's apply lock, committed at the end or rolled back."""
         session = self.session
         session.begin()
         try:
-            session.savepoint()
-            try:
-                for group in groups:
-                    self._run(group, group.changes)
-                session.release_savepoint()
-                result.applied = len(net)
-            except RowRejected:
-                session.rollback_to_savepoint()
-                session.release_savepoint()
-                letters: list[DeadLetter] = []
-                for group in groups:
-                    self._isolate(group, group.changes, batch, letters)
-                if letters:
-                    session.save_dead_letters(letters)
-                result.dead_letters = len(letters)
-                result.applied = len(net) - len(letters)
-            if batch.rejected:
-                session.save_dead_letters(batch.rejected)
-                result.dead_letters += len(batch.rejected)
-            session.save_checkpoint(batch.pipeline, batch.position, batch.events)
+            session.lock_pipeline(pipeline)
+            yield session
             session.commit()
         except BaseException:
             session.rollback()
             raise
+
+    def apply(self, batch: Batch) -> ApplyResult:
+        """Apply ``batch`` and its checkpoint in one transaction."""
+        with self.transaction(batch.pipeline) as session:
+            result = self.apply_open(batch)
+            session.save_checkpoint(batch.pipeline, batch.position, batch.events)
+        return result
+
+    def apply_open(self, batch: Batch) -> ApplyResult:
+        """Apply ``batch`` inside the transaction the caller holds (without a checkpoint)."""
+        net = compact(batch.changes)
+        result = ApplyResult(compacted_away=len(batch.changes) - len(net))
+        groups = self._plan(net)
+        session = self.session
+        session.savepoint()
+        try:
+            for group in groups:
+                self._run(group, group.changes)
+            session.release_savepoint()
+            result.applied = len(net)
+        except RowRejected:
+            session.rollback_to_savepoint()
+            session.release_savepoint()
+            letters: list[DeadLetter] = []
+            for group in groups:
+                self._isolate(group, group.changes, batch, letters)
+            if letters:
+                session.save_dead_letters(letters)
+            result.dead_letters = len(letters)
+            result.applied = len(net) - len(letters)
+        if batch.rejected:
+            session.save_dead_letters(batch.rejected)
+            result.dead_letters += len(batch.rejected)
         return result
 
     def _plan(self, changes: list[TargetChange]) -> list[_Group]:

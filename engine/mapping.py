@@ -71,6 +71,18 @@ class CompiledMapping:
         else:
             self.target_key = tuple(renamed.get(c, c) for c in source_key)
 
+    def source_key_of_target_key(self) -> Callable[[tuple], tuple] | None:
+        """Turns a target key back into its source key, where every target key column is a plain rename."""
+        renamed_from = {p.target: p.source for p in self.plans.values() if p and p.convert is None}
+        try:
+            order = [self.source_key.index(renamed_from[c]) for c in self.target_key]
+        except (KeyError, ValueError):
+            return None
+        if sorted(order) != list(range(len(self.source_key))):
+            return None
+        position = {source_i: target_i for target_i, source_i in enumerate(order)}
+        return lambda key: tuple(key[position[i]] for i in range(len(key)))
+
     def target_columns(self) -> list[str]:
         """Every target column this mapping writes."""
         columns = [p.target for p in self.plans.values() if p]

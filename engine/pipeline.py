@@ -61,6 +61,11 @@ class PipelineRunner:
         plan = build_plan(self.config, self.pipeline)
         plan.target.ensure_state()
         start = plan.target.load_checkpoint(self.pipeline.name)
+        if self.pipeline.initial_load and start is None:
+            # the reader will start at the beginning of the change log, which is before this copy:
+            # what changes during the copy is replayed afterwards (see engine.snapshot)
+            from .snapshot import Snapshot
+            Snapshot(plan, chunk_rows=self.pipeline.batch_size, stop=self.stop, resume_only=True).run()
         self.reader = plan.source.change_log_reader(self.pipeline.name, plan.captured, start, plan.node_id)
         self.session = plan.target.target_session()
         self.applier = BatchApplier(self.session, plan.target_tables)

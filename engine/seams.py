@@ -63,6 +63,37 @@ class DeadLetter:
     position: str
 
 
+@dataclass
+class SnapshotProgress:
+    """How far a full load of one table has come; saved with each chunk it applies."""
+
+    last_key: list | None = None
+    rows: int = 0
+    done: bool = False
+
+
+class TableScanner(ABC):
+    """Reads a table's current rows in key order, in chunks, each in its own short statement."""
+
+    @abstractmethod
+    def count(self, where: str | None) -> int: ...
+
+    @abstractmethod
+    def chunk(self, after: tuple | None, limit: int, where: str | None) -> list[dict]:
+        """Rows with a key above ``after`` (all when None), in key order, decoded like change-log images."""
+
+    @abstractmethod
+    def keys(self, after: tuple | None, limit: int) -> list[tuple]:
+        """The next ``limit`` keys above ``after``, in key order."""
+
+    @abstractmethod
+    def existing(self, keys: list[tuple]) -> set[tuple]:
+        """Which of ``keys`` the table holds."""
+
+    def close(self) -> None:  # noqa: B027 - optional
+        pass
+
+
 class Reader(ABC):
     """Yields a source's changes in order, restartable from a position.
 
@@ -116,6 +147,10 @@ class TargetSession(ABC):
     def rollback(self) -> None: ...
 
     @abstractmethod
+    def lock_pipeline(self, pipeline: str) -> None:
+        """Serialise this transaction with every other apply transaction of ``pipeline`` (e.g. a snapshot's)."""
+
+    @abstractmethod
     def savepoint(self) -> None: ...
 
     @abstractmethod
@@ -142,6 +177,9 @@ class TargetSession(ABC):
 
     @abstractmethod
     def save_dead_letters(self, letters: list[DeadLetter]) -> None: ...
+
+    @abstractmethod
+    def save_snapshot_progress(self, pipeline: str, table: str, progress: SnapshotProgress) -> None: ...
 
 
 class Connector(ABC):
@@ -187,6 +225,12 @@ class Connector(ABC):
 
     @abstractmethod
     def target_session(self) -> TargetSession: ...
+
+    @abstractmethod
+    def table_scanner(self, table: CapturedTable) -> TableScanner: ...
+
+    @abstractmethod
+    def load_snapshot_progress(self, pipeline: str, table: str) -> SnapshotProgress | None: ...
 
     @abstractmethod
     def load_checkpoint(self, pipeline: str) -> str | None: ...

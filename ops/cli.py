@@ -312,3 +312,47 @@ def demo(directory: str | None) -> None:
         run_demo(directory)
     except TransientError as exc:
         _fail(str(exc))
+
+
+@main.command()
+@config_option
+@pipeline_option
+@click.option("--table", "tables", multiple=True, help="load only this table (repeatable); default: all")
+@click.option("--where", default=None, help="SQL condition on the source table: load only matching rows")
+@click.option("--chunk-rows", default=5000, show_default=True, type=click.IntRange(1, 1_000_000))
+def snapshot(config_path: str, pipeline_name: str, tables: tuple[str, ...], where: str | None,
+             chunk_rows: int) -> None:
+    """Copy current rows into the target (initial load or re-load), then the stream carries on from there.
+
+    Chunked by key; a crashed load resumes from its last chunk; rows the source no longer has are
+    removed from the target (mirror mode, whole tables).
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from engine.plan import build_plan
+    from engine.snapshot import Snapshot
+
+    config = _load(config_path)
+    plan = _guard(lambda: build_plan(config, config.pipeline(pipeline_name)))
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]:>9} rows/s"), TimeRemainingColumn())
+    with Progress(*columns, disable=not sys.stderr.isatty()) as bar:
+        tasks: dict = {}
+        started: dict = {}
+
+        def on_progress(table, rows, total):
+            import time
+
+            if table not in tasks:
+                tasks[table] = bar.add_task(str(table), total=max(total, rows), rate="-")
+                started[table] = (time.monotonic(), rows)
+            t0, rows0 = started[table]
+            rate = (rows - rows0) / max(time.monotonic() - t0, 1e-6)
+            bar.update(tasks[table], completed=rows, total=max(total, rows), rate=f"{rate:,.0f}")
+
+        loads = _guard(lambda: Snapshot(plan, list(tables) or None, where, chunk_rows, on_progress).run())
+    plan.close()
+    for load in loads:
+        extra = f", {load.extras_deleted} extra target rows removed" if load.extras_deleted else ""
+        dead = f", {load.dead_letters} dead letters" if load.dead_letters else ""
+        click.echo(f"{load.table}: {load.rows} rows loaded{extra}{dead}")

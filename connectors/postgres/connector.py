@@ -6,13 +6,23 @@ import psycopg
 
 from engine.event import TableId
 from engine.schema import ColumnInfo, TableInfo
-from engine.seams import CapturedTable, Connector, Reader, SourceProgress, TargetSession, TriggerCapture
+from engine.seams import (
+    CapturedTable,
+    Connector,
+    Reader,
+    SnapshotProgress,
+    SourceProgress,
+    TableScanner,
+    TargetSession,
+    TriggerCapture,
+)
 
 from . import dialect
-from .connection import connect
+from .connection import connect, parse_image
 from .errors import translate
 from .position import PostgresLogPosition
 from .reader import PostgresChangeLogReader
+from .scanner import PostgresTableScanner
 from .session import PostgresSession
 from .triggers import PostgresTriggerCapture
 
@@ -80,6 +90,18 @@ class PostgresConnector(Connector):
 
     def target_session(self) -> TargetSession:
         return PostgresSession(self.url, self.state_schema)
+
+    def table_scanner(self, table: CapturedTable) -> TableScanner:
+        return PostgresTableScanner(self.url, table)
+
+    def load_snapshot_progress(self, pipeline: str, table: str) -> SnapshotProgress | None:
+        if not self._state_exists():
+            return None
+        rows = self._query(dialect.load_snapshot_sql(self.state_schema), (pipeline, table))
+        if not rows:
+            return None
+        last_key, count, done = rows[0]
+        return SnapshotProgress(parse_image(last_key), count, done)
 
     def _state_exists(self) -> bool:
         rel = f"{dialect.quote(self.state_schema)}.tiersync_checkpoint"

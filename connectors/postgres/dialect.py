@@ -126,6 +126,7 @@ def state_ddl(schema: str) -> list[str]:
     changes bigint NOT NULL DEFAULT 0,
     updated_at timestamptz NOT NULL DEFAULT now()
 )""",
+        snapshot_state_ddl(schema),
         f"""CREATE TABLE IF NOT EXISTS {s}.tiersync_dead_letter (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     pipeline text NOT NULL,
@@ -139,6 +140,60 @@ def state_ddl(schema: str) -> list[str]:
     created_at timestamptz NOT NULL DEFAULT now()
 )""",
     ]
+
+
+def snapshot_state_ddl(schema: str) -> str:
+    return f"""CREATE TABLE IF NOT EXISTS {quote(schema)}.tiersync_snapshot (
+    pipeline text NOT NULL,
+    source_table text NOT NULL,
+    last_key jsonb,
+    rows bigint NOT NULL DEFAULT 0,
+    done boolean NOT NULL DEFAULT false,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (pipeline, source_table)
+)"""
+
+
+def save_snapshot_sql(schema: str) -> str:
+    return (f"INSERT INTO {quote(schema)}.tiersync_snapshot (pipeline, source_table, last_key, rows, done) "
+            f"VALUES (%s, %s, %s, %s, %s) ON CONFLICT (pipeline, source_table) DO UPDATE SET "
+            f"last_key = EXCLUDED.last_key, rows = EXCLUDED.rows, done = EXCLUDED.done, updated_at = now()")
+
+
+def load_snapshot_sql(schema: str) -> str:
+    return (f"SELECT last_key::text, rows, done FROM {quote(schema)}.tiersync_snapshot "
+            f"WHERE pipeline = %s AND source_table = %s")
+
+
+LOCK_PIPELINE_SQL = "SELECT pg_advisory_xact_lock(hashtext('tiersync pipeline ' || %s))"
+
+
+def chunk_sql(table: TableId, key: tuple[str, ...], after: bool, where: str | None) -> str:
+    """Rows above a key, in key order, as JSON images (the same text form the capture triggers write)."""
+    cols = ", ".join(f"t.{quote(c)}" for c in key)
+    conditions = []
+    if after:
+        conditions.append(f"({cols}) > ({', '.join('%s' for _ in key)})")
+    if where:
+        conditions.append(f"({where})")
+    clause = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    return f"SELECT row_to_json(t)::text FROM {qualified(table)} t{clause} ORDER BY {cols} LIMIT %s"
+
+
+def keys_sql(table: TableId, key: tuple[str, ...], after: bool) -> str:
+    cols = ", ".join(quote(c) for c in key)
+    clause = f" WHERE ({cols}) > ({', '.join('%s' for _ in key)})" if after else ""
+    return f"SELECT {cols} FROM {qualified(table)}{clause} ORDER BY {cols} LIMIT %s"
+
+
+def existing_keys_sql(table: TableId, key: tuple[str, ...], count: int) -> str:
+    cols = ", ".join(quote(c) for c in key)
+    rows = ", ".join("(" + ", ".join("%s" for _ in key) + ")" for _ in range(count))
+    return f"SELECT {cols} FROM {qualified(table)} WHERE ({cols}) IN ({rows})"
+
+
+def count_sql(table: TableId, where: str | None) -> str:
+    return f"SELECT count(*) FROM {qualified(table)}" + (f" WHERE ({where})" if where else "")
 
 
 def save_checkpoint_sql(schema: str) -> str:

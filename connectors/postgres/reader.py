@@ -11,9 +11,10 @@ from engine.event import ChangeEvent, Op
 from engine.seams import CapturedTable, ReadBatch, Reader
 
 from . import dialect
-from .connection import connect, parse_image
+from .connection import connect
 from .errors import translate
 from .position import PostgresLogPosition
+from .scanner import decode_image, image_decoders
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class PostgresChangeLogReader(Reader):
         self.url, self.schema, self.consumer, self.node_id = url, schema, consumer, node_id
         self.tables = {str(t.info.id): t for t in tables}
         self.table_names = list(self.tables)
-        self.decoders = {name: self._decoders(t) for name, t in self.tables.items()}
+        self.decoders = {name: image_decoders(t) for name, t in self.tables.items()}
         self.table_ids = {name: t.info.id for name, t in self.tables.items()}
         self.keys = {name: t.key for name, t in self.tables.items()}  # the log's pk column is for people
         self.position = PostgresLogPosition.deserialise(start) if start else PostgresLogPosition()
@@ -42,15 +43,6 @@ class PostgresChangeLogReader(Reader):
         self._swept_since_ack = True
         self._ack_conn = None
         self._register()
-
-    @staticmethod
-    def _decoders(table: CapturedTable) -> dict:
-        decoders = {}
-        for column in table.info.columns:
-            decoder = dialect.value_decoder(column.type)
-            if decoder is not None:
-                decoders[column.name] = decoder
-        return decoders
 
     def _execute(self, sql: str, params: dict | None = None, what: str = "reading the change log"):
         try:
@@ -65,16 +57,6 @@ class PostgresChangeLogReader(Reader):
     def _register(self) -> None:
         self._execute(dialect.register_consumer_sql(self.schema), self._params(self.position),
                       "registering the consumer")
-
-    def _decode(self, table: str, text: str | None):
-        image = parse_image(text)
-        if image is None:
-            return None
-        for column, decode in self.decoders[table].items():
-            value = image.get(column)
-            if value is not None:
-                image[column] = decode(value)
-        return image
 
     def read(self, max_events: int) -> ReadBatch:
         position = self.position
@@ -102,7 +84,8 @@ class PostgresChangeLogReader(Reader):
 
     def _event(self, row) -> ChangeEvent:
         row_id, txid, tbl, op, before, after, origin, captured_at = row
-        before, after = self._decode(tbl, before), self._decode(tbl, after)
+        decoders = self.decoders[tbl]
+        before, after = decode_image(before, decoders), decode_image(after, decoders)
         image = after if after is not None else before
         return ChangeEvent(
             op=_OPS[op], table=self.table_ids[tbl], key=tuple(image.get(c) for c in self.keys[tbl]),

@@ -8,7 +8,7 @@ from psycopg.types.json import Jsonb
 from engine.errors import RowRejected
 from engine.jsontext import dumps_exact
 from engine.schema import TableInfo
-from engine.seams import DeadLetter, TargetSession
+from engine.seams import DeadLetter, SnapshotProgress, TargetSession
 
 from . import dialect
 from .connection import connect
@@ -60,6 +60,9 @@ class PostgresSession(TargetSession):
             self.conn.rollback()
         except psycopg.Error:
             pass  # the connection is gone; the transaction is rolled back with it
+
+    def lock_pipeline(self, pipeline: str) -> None:
+        self._run(dialect.LOCK_PIPELINE_SQL, (pipeline,))
 
     def savepoint(self) -> None:
         self._savepoints += 1
@@ -138,6 +141,11 @@ class PostgresSession(TargetSession):
             self.cur.executemany(dialect.dead_letter_insert_sql(self.schema), rows)
         except psycopg.Error as exc:
             raise translate(exc, "writing dead letters") from None
+
+    def save_snapshot_progress(self, pipeline: str, table: str, progress: SnapshotProgress) -> None:
+        key = None if progress.last_key is None else Jsonb(progress.last_key, dumps=dumps_exact)
+        self._run(dialect.save_snapshot_sql(self.schema), (pipeline, table, key, progress.rows, progress.done),
+                  "saving snapshot progress")
 
     def close(self) -> None:
         self.conn.close()

@@ -8,12 +8,22 @@ from datetime import datetime
 
 from engine.event import TableId
 from engine.schema import ColumnInfo, TableInfo
-from engine.seams import CapturedTable, Connector, Reader, SourceProgress, TargetSession, TriggerCapture
+from engine.seams import (
+    CapturedTable,
+    Connector,
+    Reader,
+    SnapshotProgress,
+    SourceProgress,
+    TableScanner,
+    TargetSession,
+    TriggerCapture,
+)
 
 from . import dialect
 from .connection import connect, path_of, translate
 from .position import SqliteLogPosition
 from .reader import SqliteChangeLogReader
+from .scanner import SqliteTableScanner
 from .session import SqliteSession
 from .triggers import SqliteTriggerCapture
 
@@ -88,6 +98,18 @@ class SqliteConnector(Connector):
 
     def target_session(self) -> TargetSession:
         return SqliteSession(self.url)
+
+    def table_scanner(self, table: CapturedTable) -> TableScanner:
+        return SqliteTableScanner(self.url, table)
+
+    def load_snapshot_progress(self, pipeline: str, table: str) -> SnapshotProgress | None:
+        if not self._query("SELECT 1 FROM sqlite_master WHERE name = 'tiersync_snapshot'"):
+            return None
+        rows = self._query(dialect.LOAD_SNAPSHOT_SQL, (pipeline, table))
+        if not rows:
+            return None
+        last_key, count, done = rows[0]
+        return SnapshotProgress(json.loads(last_key) if last_key else None, count, bool(done))
 
     def _state_exists(self) -> bool:
         return bool(self._query("SELECT 1 FROM sqlite_master WHERE name = 'tiersync_checkpoint'"))

@@ -46,6 +46,16 @@ CHANGE_LOG_DDL = [
     "CREATE TABLE IF NOT EXISTS tiersync_apply_origin (origin TEXT)",
 ]
 
+SNAPSHOT_STATE_DDL = """CREATE TABLE IF NOT EXISTS tiersync_snapshot (
+    pipeline TEXT NOT NULL,
+    source_table TEXT NOT NULL,
+    last_key TEXT,
+    rows INTEGER NOT NULL DEFAULT 0,
+    done INTEGER NOT NULL DEFAULT 0,
+    updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    PRIMARY KEY (pipeline, source_table)
+)"""
+
 STATE_DDL = [
     """CREATE TABLE IF NOT EXISTS tiersync_checkpoint (
     pipeline TEXT PRIMARY KEY,
@@ -67,7 +77,48 @@ STATE_DDL = [
     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 )""",
     "CREATE TABLE IF NOT EXISTS tiersync_apply_origin (origin TEXT)",
+    SNAPSHOT_STATE_DDL,
 ]
+
+SAVE_SNAPSHOT_SQL = (
+    "INSERT INTO tiersync_snapshot (pipeline, source_table, last_key, rows, done) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (pipeline, source_table) DO UPDATE SET last_key = excluded.last_key, rows = excluded.rows, "
+    "done = excluded.done, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')")
+
+LOAD_SNAPSHOT_SQL = "SELECT last_key, rows, done FROM tiersync_snapshot WHERE pipeline = ? AND source_table = ?"
+
+
+def _row_values(key: tuple[str, ...]) -> str:
+    return "(" + ", ".join(quote(c) for c in key) + ")"
+
+
+def chunk_sql(table: TableInfo, key: tuple[str, ...], after: bool, where: str | None) -> str:
+    """Rows above a key, in key order, as the same JSON images the capture triggers write."""
+    conditions = []
+    if after:
+        conditions.append(f"{_row_values(key)} > ({', '.join('?' for _ in key)})")
+    if where:
+        conditions.append(f"({where})")
+    clause = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    order = ", ".join(quote(c) for c in key)
+    return f"SELECT {_image(table, 't')} FROM {quote(table.id.name)} t{clause} ORDER BY {order} LIMIT ?"
+
+
+def keys_sql(table: TableId, key: tuple[str, ...], after: bool) -> str:
+    clause = f" WHERE {_row_values(key)} > ({', '.join('?' for _ in key)})" if after else ""
+    cols = ", ".join(quote(c) for c in key)
+    return f"SELECT {cols} FROM {quote(table.name)}{clause} ORDER BY {cols} LIMIT ?"
+
+
+def existing_keys_sql(table: TableId, key: tuple[str, ...], count: int) -> str:
+    rows = ", ".join("(" + ", ".join("?" for _ in key) + ")" for _ in range(count))
+    cols = ", ".join(quote(c) for c in key)
+    return f"SELECT {cols} FROM {quote(table.name)} WHERE {_row_values(key)} IN (VALUES {rows})"
+
+
+def count_sql(table: TableId, where: str | None) -> str:
+    return f"SELECT count(*) FROM {quote(table.name)}" + (f" WHERE ({where})" if where else "")
+
 
 SAVE_CHECKPOINT_SQL = (
     "INSERT INTO tiersync_checkpoint (pipeline, position, batches, changes) VALUES (?, ?, 1, ?) "

@@ -17,13 +17,35 @@ from .position import SqliteLogPosition
 _OPS = {"c": Op.CREATE, "u": Op.UPDATE, "d": Op.DELETE}
 
 
+_IMAGE_DECODER = json.JSONDecoder(parse_float=Decimal)
+
+
+def image_decoders(table: CapturedTable) -> dict:
+    """Column → function turning a JSON image value into its Python value (see dialect.value_decoder)."""
+    return {c.name: d for c in table.info.columns if (d := dialect.value_decoder(c.type)) is not None}
+
+
+def decode_image(text: str | None, decoders: dict):
+    """A row image written by a capture trigger (or a snapshot read) as Python values."""
+    if text is None:
+        return None
+    image = _IMAGE_DECODER.decode(text)
+    for column, value in image.items():
+        if value is not None:
+            decode = decoders.get(column)
+            if decode is not None:
+                image[column] = decode(value)
+            elif isinstance(value, Decimal):
+                image[column] = float(value)
+    return image
+
+
 class SqliteChangeLogReader(Reader):
     def __init__(self, url: str, consumer: str, tables: list[CapturedTable], start: str | None, node_id: str):
         self.consumer, self.node_id = consumer, node_id
         self.tables = {str(t.info.id): t for t in tables}
         self.tables_json = json.dumps(list(self.tables))
-        self.decoders = {name: {c.name: d for c in t.info.columns if (d := dialect.value_decoder(c.type))}
-                         for name, t in self.tables.items()}
+        self.decoders = {name: image_decoders(t) for name, t in self.tables.items()}
         self.position = SqliteLogPosition.deserialise(start) if start else SqliteLogPosition()
         self.conn = connect(url)
         self.database = url
@@ -34,20 +56,6 @@ class SqliteChangeLogReader(Reader):
             return self.conn.execute(sql, params)
         except sqlite3.Error as exc:
             raise translate(exc, "reading the change log") from None
-
-    def _decode(self, table: str, text: str | None):
-        if text is None:
-            return None
-        image = json.loads(text, parse_float=Decimal)
-        decoders = self.decoders[table]
-        for column, value in image.items():
-            if value is not None:
-                decode = decoders.get(column)
-                if decode is not None:
-                    image[column] = decode(value)
-                elif isinstance(value, Decimal):
-                    image[column] = float(value)
-        return image
 
     def read(self, max_events: int) -> ReadBatch:
         rows = self._execute(dialect.READ_SQL, (self.position.last_id, self.tables_json, max_events)).fetchall()
@@ -60,7 +68,7 @@ class SqliteChangeLogReader(Reader):
         row_id, tbl, op, pk, before, after, origin, captured_at = row
         return ChangeEvent(
             op=_OPS[op], table=TableId.parse(tbl), key=tuple(json.loads(pk)) if pk else (),
-            before=self._decode(tbl, before), after=self._decode(tbl, after), seq=row_id,
+            before=decode_image(before, self.decoders[tbl]), after=decode_image(after, self.decoders[tbl]), seq=row_id,
             origin=origin or self.node_id, captured_at=datetime.fromisoformat(captured_at.replace("Z", "+00:00")),
             source_node=self.node_id, source_database=self.database)
 

@@ -6,7 +6,7 @@ import sqlite3
 
 from engine.jsontext import dumps_exact
 from engine.schema import TableInfo
-from engine.seams import DeadLetter, TargetSession
+from engine.seams import DeadLetter, SnapshotProgress, TargetSession
 
 from . import dialect
 from .connection import connect, translate
@@ -45,6 +45,9 @@ class SqliteSession(TargetSession):
         except sqlite3.Error:
             pass
 
+    def lock_pipeline(self, pipeline: str) -> None:
+        pass  # BEGIN IMMEDIATE already holds SQLite's single write lock
+
     def savepoint(self) -> None:
         self._savepoints += 1
         self._run(f"SAVEPOINT tiersync_{self._savepoints}")
@@ -80,6 +83,11 @@ class SqliteSession(TargetSession):
         rows = [(d.pipeline, d.source_table, d.target_table, d.op, dumps_exact(d.key), d.error, dumps_exact(d.event),
                  d.position) for d in letters]
         self._many(dialect.DEAD_LETTER_SQL, rows, "writing dead letters")
+
+    def save_snapshot_progress(self, pipeline: str, table: str, progress: SnapshotProgress) -> None:
+        key = None if progress.last_key is None else dumps_exact(progress.last_key)
+        self._run(dialect.SAVE_SNAPSHOT_SQL, (pipeline, table, key, progress.rows, int(progress.done)),
+                  "saving snapshot progress")
 
     def close(self) -> None:
         self.conn.close()

@@ -39,6 +39,9 @@ class MemoryTarget(TargetSession):
         self._txn = None
         self._savepoints.clear()
 
+    def lock_pipeline(self, pipeline):
+        pass
+
     def savepoint(self):
         self._savepoints.append(self._state())
 

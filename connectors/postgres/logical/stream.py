@@ -1,0 +1,240 @@
+"""A logical replication stream (PostgreSQL streaming replication protocol) over psycopg 3.
+
+psycopg has no replication API, but since 3.3 a ``replication=database`` connection can run
+``START_REPLICATION`` and is then left in COPY_BOTH mode, which this module drives through
+the libpq wrapper (``conn.pgconn``): CopyData messages carry XLogData ('w') and primary
+keepalives ('k') from the server, and standby status updates ('r') from us.
+"""
+
+from __future__ import annotations
+
+import re
+import select
+import time
+from struct import Struct
+from typing import NamedTuple
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from .lsn import Lsn
+
+_XLOG = Struct("!QQq").unpack_from
+_KEEPALIVE = Struct("!QqB").unpack_from
+_STATUS = Struct("!cQQQqB").pack
+_new_lsn = int.__new__  # values unpacked with "Q" need no range check
+_new_tuple = tuple.__new__
+_XLOG_BYTE = ord("w")
+_KEEPALIVE_BYTE = ord("k")
+_UNIX_TO_PG_EPOCH_US = 946_684_800_000_000
+_NAME = re.compile(r"[a-z0-9_]{1,63}")
+_CONNECTION_DEFAULTS = {"connect_timeout": "10", "keepalives": "1", "keepalives_idle": "30",
+                        "keepalives_interval": "10", "keepalives_count": "3"}
+
+
+class ReplicationStreamError(RuntimeError):
+    """The replication stream could not be started, or ended: server error, disconnect, timeout."""
+
+
+class XLogData(NamedTuple):
+    """One XLogData message: its WAL start and end positions and its payload (one pgoutput message)."""
+
+    wal_start: Lsn
+    wal_end: Lsn
+    payload: bytes
+
+
+def _quote_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class ReplicationStream:
+    """A ``pgoutput`` logical replication stream from one slot.
+
+    ``url`` is an ordinary ``postgresql://`` URL (the replication keyword is added).
+    Call :meth:`open` (or use it as a context manager), then :meth:`read` XLogData messages,
+    and report what is durably applied with :meth:`send_feedback`: that advances the slot's
+    ``confirmed_flush_lsn``, which is where a later stream starts and what lets the server
+    recycle WAL. Keepalives asking for a reply are answered with the last confirmed position.
+
+    ``start_lsn`` 0/0 means "from the slot's confirmed position"; a reconnecting client passes
+    its last confirmed LSN. Opening the same stream again after it ended resumes from
+    :attr:`confirmed_lsn` (start a fresh decoder then: transactions not confirmed are sent again).
+    ``proto_version`` 2 adds ``streaming 'on'``: large in-progress transactions arrive as
+    Stream Start/Stop blocks ended by Stream Commit or Stream Abort.
+
+    Call :meth:`read` at least every ``wal_sender_timeout / 2`` (30 s by default), or the server
+    drops the connection. Not thread-safe.
+    """
+
+    def __init__(self, url: str, slot: str, publications: list[str] | tuple[str, ...], *,
+                 start_lsn: int = 0, proto_version: int = 1, messages: bool = False,
+                 send_timeout: float = 30.0):
+        if not _NAME.fullmatch(slot):
+            raise ValueError(f"not a replication slot name: {slot!r} (lower-case letters, digits, _)")
+        if not publications:
+            raise ValueError("at least one publication is needed")
+        if proto_version not in (1, 2):
+            raise ValueError(f"unsupported pgoutput protocol version {proto_version} (1 or 2)")
+        self.slot = slot
+        self._url = url
+        self._options = {"proto_version": str(proto_version),
+                         "publication_names": ",".join(_quote_ident(p) for p in publications)}
+        if proto_version >= 2:
+            self._options["streaming"] = "on"
+        if messages:
+            self._options["messages"] = "true"
+        self._send_timeout = send_timeout
+        self._conn: psycopg.Connection | None = None
+        self._confirmed = Lsn(start_lsn)
+        self._server_wal_end = Lsn(0)
+
+    @property
+    def confirmed_lsn(self) -> Lsn:
+        """The highest position reported with :meth:`send_feedback` (``start_lsn`` before any); where
+        :meth:`open` starts."""
+        return self._confirmed
+
+    @property
+    def server_wal_end(self) -> Lsn:
+        """The WAL end of the last keepalive (0/0 before any): how far the server has decoded.
+
+        When everything received has been applied and no transaction is open, confirming this
+        position lets an idle slot advance past WAL that held no published changes.
+        """
+        return self._server_wal_end
+
+    def start_command(self) -> str:
+        """The ``START_REPLICATION`` command :meth:`open` sends."""
+        options = ", ".join(f"{key} {_quote_literal(value)}" for key, value in self._options.items())
+        return f"START_REPLICATION SLOT {self.slot} LOGICAL {self._confirmed} ({options})"
+
+    def open(self) -> ReplicationStream:
+        """Connect and start replicating; raises :class:`ReplicationStreamError` if the server refuses."""
+        if self._conn is not None:
+            raise ReplicationStreamError("the replication stream is already open")
+        params = _CONNECTION_DEFAULTS | conninfo_to_dict(self._url) | {"replication": "database",
+                                                                        "client_encoding": "UTF8"}
+        conninfo = make_conninfo("", **params)
+        try:
+            self._conn = psycopg.connect(conninfo, autocommit=True)
+            cursor = self._conn.execute(self.start_command())
+        except psycopg.Error as exc:
+            self.close()
+            raise ReplicationStreamError(f"could not start replication from slot {self.slot}: {exc}") from exc
+        if cursor.pgresult is None or cursor.pgresult.status != psycopg.pq.ExecStatus.COPY_BOTH:
+            self.close()
+            raise ReplicationStreamError("START_REPLICATION did not enter COPY_BOTH mode")
+        return self
+
+    def close(self) -> None:
+        """Disconnect (the slot keeps its confirmed position); safe to call twice."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self) -> ReplicationStream:
+        return self if self._conn is not None else self.open()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _pgconn(self) -> psycopg.pq.abc.PGconn:
+        if self._conn is None:
+            raise ReplicationStreamError("the replication stream is not open")
+        return self._conn.pgconn
+
+    def read(self, timeout: float) -> XLogData | None:
+        """The next XLogData, or None if none arrived within ``timeout`` seconds (0 polls).
+
+        Keepalives are handled here (recorded, and answered when the server asks).
+        Raises :class:`ReplicationStreamError` when the server ends the stream or the connection breaks.
+        """
+        pgconn = self._pgconn()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                nbytes, data = pgconn.get_copy_data(1)
+            except psycopg.Error as exc:
+                raise self._broken(exc) from exc
+            if nbytes > 0:
+                kind = data[0]
+                if kind == _XLOG_BYTE:
+                    start, end, _ = _XLOG(data, 1)
+                    return _new_tuple(XLogData, (_new_lsn(Lsn, start), _new_lsn(Lsn, end), bytes(data[25:])))
+                if kind != _KEEPALIVE_BYTE:
+                    raise ReplicationStreamError(f"unexpected replication message type {chr(kind)!r}")
+                wal_end, _, reply_requested = _KEEPALIVE(data, 1)
+                self._server_wal_end = Lsn(wal_end)
+                if reply_requested:
+                    self._send_status(reply_now=False)
+            elif nbytes == 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._wait(remaining, write=False)
+            else:
+                raise self._ended()
+
+    def send_feedback(self, flush_lsn: int, reply_now: bool = False) -> None:
+        """Report everything up to ``flush_lsn`` as written, flushed and applied.
+
+        Pass a Commit's (or StreamCommit's) ``end_lsn`` once that transaction is durably applied.
+        The reported position never moves backwards: a lower LSN re-sends the current one.
+        If the stream is not open this raises, but the position is kept for the next :meth:`open`.
+        """
+        if flush_lsn > self._confirmed:
+            self._confirmed = Lsn(flush_lsn)
+        self._send_status(reply_now)
+
+    def _send_status(self, reply_now: bool) -> None:
+        pgconn = self._pgconn()
+        lsn = self._confirmed
+        now = time.time_ns() // 1000 - _UNIX_TO_PG_EPOCH_US
+        message = _STATUS(b"r", lsn, lsn, lsn, now, 1 if reply_now else 0)
+        deadline = time.monotonic() + self._send_timeout
+        try:
+            while not pgconn.put_copy_data(message):
+                self._wait_to_send(deadline)
+            while pgconn.flush():
+                self._wait_to_send(deadline)
+        except psycopg.Error as exc:
+            raise self._broken(exc) from exc
+
+    def _wait_to_send(self, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ReplicationStreamError(f"could not send a status update within {self._send_timeout} s")
+        self._wait(remaining, write=True)
+
+    def _wait(self, timeout: float, write: bool) -> None:
+        """Wait for the socket (readable, or writable too), then take in what arrived."""
+        pgconn = self._pgconn()
+        try:
+            sock = pgconn.socket
+            readable, _, _ = select.select([sock], [sock] if write else [], [], timeout)
+            if readable:
+                pgconn.consume_input()
+        except (psycopg.Error, OSError) as exc:
+            raise self._broken(exc) from exc
+
+    def _broken(self, exc: BaseException) -> ReplicationStreamError:
+        self.close()
+        return ReplicationStreamError(f"replication connection for slot {self.slot} lost: {exc}")
+
+    def _ended(self) -> ReplicationStreamError:
+        """The server ended COPY mode: collect its error, if it sent one."""
+        pgconn = self._pgconn()
+        detail = "the server ended the replication stream"
+        deadline = time.monotonic() + 10
+        while pgconn.is_busy() and time.monotonic() < deadline:
+            self._wait(deadline - time.monotonic(), write=False)
+        result = pgconn.get_result() if not pgconn.is_busy() else None
+        if result is not None and result.status == psycopg.pq.ExecStatus.FATAL_ERROR:
+            detail = (result.error_message or b"").decode("utf-8", "replace").strip()
+        self.close()
+        return ReplicationStreamError(f"replication from slot {self.slot} stopped: {detail}")
