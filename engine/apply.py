@@ -36,6 +36,7 @@ class Batch:
     position: str
     events: int
     rejected: list[DeadLetter] = field(default_factory=list)
+    more: bool = False  # part of a source transaction that goes on in the next batch
 
 
 @dataclass
@@ -116,12 +117,12 @@ class BatchApplier:
             columns = tuple(change.row) if change.row is not None else ()
             buckets.setdefault((change.table, change.kind, change.event.origin, columns), []).append(change)
         rank = {table: i for i, table in enumerate(self.order)}
-        kind_rank = {"delete": 0, "upsert": 1, "insert": 1}
+        kind_rank = {"truncate": -1, "delete": 0, "upsert": 1, "insert": 1}
 
         def sort_key(item):
             (table, kind, origin, _), _changes = item
             position = rank.get(table, len(rank))
-            return (kind_rank[kind], -position if kind == "delete" else position, origin)
+            return (kind_rank[kind], -position if kind in ("delete", "truncate") else position, origin)
 
         groups = []
         for (table, kind, origin, columns), members in sorted(buckets.items(), key=sort_key):
@@ -134,6 +135,9 @@ class BatchApplier:
     def _run(self, group: _Group, changes: list[TargetChange]) -> None:
         session = self.session
         session.set_origin(group.origin or None)
+        if group.kind == "truncate":
+            session.truncate(group.table)
+            return
         if group.kind == "delete":
             key = list(self._key_columns(group))
             session.delete(group.table, key, [c.key for c in changes])

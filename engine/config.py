@@ -88,14 +88,27 @@ class MappingConfig(_Strict):
 
 class SourceConfig(_Strict):
     database: str
-    capture: Literal["trigger"] = "trigger"
+    capture: Literal["trigger", "logical"] = "trigger"
     tables: list[str] = Field(min_length=1)
+    slot: str | None = Field(default=None, pattern=r"^[a-z0-9_]{1,63}$",
+                             description="logical capture: replication slot (default tiersync_<pipeline>)")
+    publication: str | None = Field(default=None, description="logical capture: publication (default as the slot)")
+    split_transactions: bool = Field(default=False, description="logical capture: let a source transaction "
+                                                                 "larger than a batch commit in parts")
+    max_retained_wal_mb: int = Field(default=1024, ge=1, description="status warns above this much held WAL")
+
+    def slot_name(self, pipeline: str) -> str:
+        return self.slot or "tiersync_" + re.sub(r"[^a-z0-9_]", "_", pipeline.lower())[:54]
+
+    def publication_name(self, pipeline: str) -> str:
+        return self.publication or self.slot_name(pipeline)
 
 
 class TargetConfig(_Strict):
     database: str
     node: str | None = Field(default=None, description="node id behind the target; its own changes are never sent back")
     mode: SyncMode = "mirror"
+    truncate: Literal["apply", "ignore"] = Field(default="ignore", description="what a captured TRUNCATE does")
 
 
 class PipelineConfig(_Strict):

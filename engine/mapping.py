@@ -16,7 +16,7 @@ from .config import ColumnRule, MappingConfig, SyncMode
 from .event import ChangeEvent, Op, Row, TableId
 from .schema import TableInfo
 
-ChangeKind = Literal["upsert", "insert", "delete"]
+ChangeKind = Literal["upsert", "insert", "delete", "truncate"]
 
 
 @dataclass(slots=True)
@@ -42,11 +42,12 @@ class CompiledMapping:
     """One source table's rules, ready to apply to events."""
 
     def __init__(self, config: MappingConfig, source: TableInfo, source_key: tuple[str, ...],
-                 target: TableId, default_mode: SyncMode):
+                 target: TableId, default_mode: SyncMode, apply_truncate: bool = False):
         self.config = config
         self.source = source
         self.target = target
         self.mode: SyncMode = config.mode or default_mode
+        self.apply_truncate = apply_truncate
         self.source_key = source_key
         self.plans: dict[str, ColumnPlan | None] = {}
         dropped = set(config.drop)
@@ -129,6 +130,8 @@ class CompiledMapping:
     def map(self, event: ChangeEvent) -> list[TargetChange]:
         """The target changes for one event, in the order they must run."""
         op = event.op
+        if op is Op.TRUNCATE:
+            return [TargetChange("truncate", self.target, (), None, event)] if self.apply_truncate else []
         if self.mode == "append":
             if op is Op.DELETE and not self.metadata.op:
                 return []

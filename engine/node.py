@@ -60,7 +60,7 @@ def pipeline_status(config: Config, name: str) -> PipelineStatus:
         target = connector_for(target_db.url, target_db.state_schema)
         checkpoint = target.load_checkpoint(name)
         tables = [source.qualify(t) for t in pipeline.source.tables]
-        progress = source.change_log_progress(tables, checkpoint)
+        progress = source.progress(pipeline.source, name, tables, checkpoint)
         lag = 0.0
         if progress.oldest_pending is not None:
             lag = max(0.0, (datetime.now(timezone.utc) - progress.oldest_pending).total_seconds())

@@ -54,6 +54,7 @@ class PipelineRunner:
         # databases); at most one batch is in flight, so memory stays bounded by the batch size
         self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"read-{name}")
         self._next: Future | None = None
+        self._open_transaction = False
 
     # -------------------------------------------------------------- set-up
 
@@ -66,7 +67,7 @@ class PipelineRunner:
             # what changes during the copy is replayed afterwards (see engine.snapshot)
             from .snapshot import Snapshot
             Snapshot(plan, chunk_rows=self.pipeline.batch_size, stop=self.stop, resume_only=True).run()
-        self.reader = plan.source.change_log_reader(self.pipeline.name, plan.captured, start, plan.node_id)
+        self.reader = plan.source.reader(self.pipeline.source, self.pipeline.name, plan.captured, start, plan.node_id)
         self.session = plan.target.target_session()
         self.applier = BatchApplier(self.session, plan.target_tables)
         self.plan = plan
@@ -86,6 +87,7 @@ class PipelineRunner:
                 except Exception:  # noqa: BLE001 - closing a broken connection must not hide the real error
                     pass
         self.reader = self.session = self.applier = None
+        self._open_transaction = False
 
     # -------------------------------------------------------------- one batch
 
@@ -96,7 +98,7 @@ class PipelineRunner:
     def _produce(self) -> Batch | None:
         """Read the next batch from the source and map it (None: nothing pending)."""
         read = self.reader.read(self.pipeline.batch_size)
-        if not read.events:
+        if not read.events and not read.ends_transaction:
             return None
         mappings = self.plan.mappings
         changes: list[TargetChange] = []
@@ -112,7 +114,7 @@ class PipelineRunner:
                 rejected.append(DeadLetter(self.pipeline.name, str(event.table), str(mapping.target),
                                            event.op.value, list(event.key), f"mapping failed: {exc}",
                                            event_to_json(event), read.position))
-        return Batch(self.pipeline.name, changes, read.position, len(read.events), rejected)
+        return Batch(self.pipeline.name, changes, read.position, len(read.events), rejected, more=read.more)
 
     def step(self) -> int:
         """Move one batch; returns how many source events it consumed (0: nothing pending)."""
@@ -124,13 +126,41 @@ class PipelineRunner:
         if batch is None:
             return 0
         self._next = self._prefetcher.submit(self._produce)
-        result = self.applier.apply(batch)
+        if batch.more or self._open_transaction:
+            result = self._apply_part(batch)
+            if batch.more:
+                self._count(batch, result)
+                return batch.events
+        else:
+            result = self.applier.apply(batch)
         self.reader.acknowledge(batch.position)
+        self._count(batch, result)
+        return batch.events
+
+    def _apply_part(self, batch: Batch):
+        """A source transaction larger than a batch: its parts share one target transaction."""
+        session = self.session
+        try:
+            if not self._open_transaction:
+                session.begin()
+                session.lock_pipeline(batch.pipeline)
+                self._open_transaction = True
+            result = self.applier.apply_open(batch)
+            if not batch.more:
+                session.save_checkpoint(batch.pipeline, batch.position, batch.events)
+                session.commit()
+                self._open_transaction = False
+            return result
+        except BaseException:
+            self._open_transaction = False
+            session.rollback()
+            raise
+
+    def _count(self, batch: Batch, result) -> None:
         self.stats.batches += 1
         self.stats.events += batch.events
         self.stats.applied += result.applied
         self.stats.dead_letters += result.dead_letters
-        return batch.events
 
     # -------------------------------------------------------------- the loop
 

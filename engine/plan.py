@@ -85,6 +85,9 @@ def build_plan(config: Config, pipeline: PipelineConfig, *, connect_target: bool
     if problems:
         raise ConfigError(problems)
     captured = source_tables(config, pipeline, source, problems)
+    if not problems:
+        problems += [f"pipeline {pipeline.name}: {p}" for p in
+                     source.capture_problems(pipeline.source, pipeline.name, captured)]
     mappings: dict[TableId, CompiledMapping] = {}
     target_tables: dict[TableId, TableInfo] = {}
     for table in captured:
@@ -93,7 +96,8 @@ def build_plan(config: Config, pipeline: PipelineConfig, *, connect_target: bool
         if rules is None:
             rules = MappingConfig(source=name)
         target_id = target.qualify(rules.target or table.info.id.name)
-        mapping = CompiledMapping(rules, table.info, table.key, target_id, pipeline.target.mode)
+        mapping = CompiledMapping(rules, table.info, table.key, target_id, pipeline.target.mode,
+                                  apply_truncate=pipeline.target.truncate == "apply")
         mappings[table.info.id] = mapping
         if not connect_target:
             continue

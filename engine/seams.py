@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from .config import SourceConfig
 from .event import ChangeEvent, TableId
 from .schema import TableInfo
 
@@ -32,6 +33,8 @@ class ReadBatch:
 
     events: list[ChangeEvent]
     position: str  # serialised Position
+    more: bool = False  # the source transaction goes on in the next batch: apply, but do not commit yet
+    ends_transaction: bool = False  # closes a transaction begun in earlier batches (may hold no events)
 
 
 @dataclass
@@ -46,9 +49,10 @@ class CaptureStatus:
 class SourceProgress:
     """What a source still holds for one consumer."""
 
-    pending: int
+    pending: int | None  # None where the source cannot count cheaply (a replication slot)
     oldest_pending: datetime | None
     head: str  # the source's newest position, serialised
+    warning: str = ""
 
 
 @dataclass
@@ -173,6 +177,9 @@ class TargetSession(ABC):
     def delete(self, table: TableInfo, key: list[str], keys: list[tuple]) -> None: ...
 
     @abstractmethod
+    def truncate(self, table: TableInfo) -> None: ...
+
+    @abstractmethod
     def save_checkpoint(self, pipeline: str, position: str, changes: int) -> None: ...
 
     @abstractmethod
@@ -212,16 +219,22 @@ class Connector(ABC):
         """Capture management; ``consumer`` (a pipeline name) is registered with the change log on install."""
 
     @abstractmethod
-    def change_log_progress(self, tables: list[TableId], position: str | None) -> SourceProgress:
-        """What the change log still holds for a consumer at ``position``, without registering anything."""
+    def progress(self, source: SourceConfig, consumer: str, tables: list[TableId],
+                 position: str | None) -> SourceProgress:
+        """What the source still holds for a consumer at ``position``, without changing anything."""
 
     @abstractmethod
     def ensure_state(self) -> None:
         """Create the checkpoint and dead-letter tables if they are missing."""
 
     @abstractmethod
-    def change_log_reader(self, consumer: str, tables: list[CapturedTable], start: str | None,
-                          node_id: str) -> Reader: ...
+    def reader(self, source: SourceConfig, consumer: str, tables: list[CapturedTable], start: str | None,
+               node_id: str) -> Reader:
+        """The reader for ``source.capture`` (TerminalError when this database cannot capture that way)."""
+
+    def capture_problems(self, source: SourceConfig, consumer: str, tables: list[CapturedTable]) -> list[str]:
+        """What stops ``source.capture`` from working on this database, each with how to fix it."""
+        return []
 
     @abstractmethod
     def target_session(self) -> TargetSession: ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import psycopg
 
+from engine.config import SourceConfig
 from engine.event import TableId
 from engine.schema import ColumnInfo, TableInfo
 from engine.seams import (
@@ -65,11 +66,43 @@ class PostgresConnector(Connector):
     def trigger_capture(self, node_id: str, consumer: str | None = None) -> TriggerCapture:
         return PostgresTriggerCapture(self.url, self.state_schema, consumer)
 
-    def change_log_reader(self, consumer: str, tables: list[CapturedTable], start: str | None,
-                          node_id: str) -> Reader:
+    def reader(self, source: SourceConfig, consumer: str, tables: list[CapturedTable], start: str | None,
+               node_id: str) -> Reader:
+        if source.capture == "logical":
+            from .logical_reader import PostgresLogicalReader
+
+            return PostgresLogicalReader(self.url, source.slot_name(consumer), source.publication_name(consumer),
+                                         tables, start, node_id, source.split_transactions)
         return PostgresChangeLogReader(self.url, self.state_schema, consumer, tables, start, node_id)
 
-    def change_log_progress(self, tables: list[TableId], position: str | None) -> SourceProgress:
+    def capture_problems(self, source: SourceConfig, consumer: str, tables: list[CapturedTable]) -> list[str]:
+        if source.capture != "logical":
+            return []
+        from .slots import logical_capture_problems
+
+        with connect(self.url, autocommit=True) as conn:
+            return logical_capture_problems(conn, source.slot_name(consumer), source.publication_name(consumer),
+                                            tables)
+
+    def slots(self, source: SourceConfig, consumer: str):
+        """The DBA's view of a logical pipeline's slot and publication."""
+        from .slots import PostgresSlotAdmin
+
+        return PostgresSlotAdmin(self.url, source.slot_name(consumer), source.publication_name(consumer))
+
+    def progress(self, source: SourceConfig, consumer: str, tables: list[TableId],
+                 position: str | None) -> SourceProgress:
+        if source.capture == "logical":
+            status = self.slots(source, consumer).status()
+            if status is None:
+                return SourceProgress(None, None, "no slot", f"slot {source.slot_name(consumer)} does not exist")
+            retained = status.retained_wal_bytes or 0
+            warning = ""
+            if retained > source.max_retained_wal_mb * 1024 * 1024:
+                warning = (f"slot {status.name} holds {retained / 1048576:.0f} MB of WAL "
+                           f"(over max_retained_wal_mb={source.max_retained_wal_mb}): is the pipeline running?")
+            return SourceProgress(None, None, f"slot confirmed {status.confirmed_flush_lsn}, "
+                                              f"{retained / 1048576:.1f} MB WAL held", warning)
         pos = PostgresLogPosition.deserialise(position) if position else PostgresLogPosition()
         log = f"{dialect.quote(self.state_schema)}.tiersync_change_log"
         if not self._query(dialect.TABLE_EXISTS_SQL, {"rel": log})[0][0]:

@@ -39,3 +39,32 @@ class PostgresLogPosition(Position):
     def covers(self, txid: int, row_id: int) -> bool:
         """Whether the change-log row (txid, id) is at or before this position."""
         return txid < self.lo or (txid < self.hi and row_id <= self.last_id)
+
+
+@dataclass(frozen=True, order=True)
+class PostgresLsnPosition(Position):
+    """Position in a logical replication stream: a transaction's commit LSN and how much of it is applied.
+
+    ``applied`` 0 means the transaction committing at ``lsn`` is applied entirely; n > 0 means its first n
+    changes are (only when a pipeline lets huge transactions be split over several target transactions).
+    """
+
+    kind = "pglsn"
+
+    lsn: int = 0
+    applied: int = 0
+
+    def to_text(self) -> str:
+        return f"{self.lsn >> 32:X}/{self.lsn & 0xFFFFFFFF:X}:{self.applied}"
+
+    @classmethod
+    def from_text(cls, text: str) -> PostgresLsnPosition:
+        try:
+            lsn_text, _, applied = text.partition(":")
+            high, low = lsn_text.split("/")
+            value = cls((int(high, 16) << 32) | int(low, 16), int(applied or 0))
+        except ValueError:
+            raise ValueError(f"not a PostgreSQL LSN position: {text!r} (expected e.g. 16/B374D848:0)") from None
+        if value.applied < 0:
+            raise ValueError(f"not a PostgreSQL LSN position: {text!r}")
+        return value

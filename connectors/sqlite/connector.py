@@ -6,6 +6,8 @@ import json
 import sqlite3
 from datetime import datetime
 
+from engine.config import SourceConfig
+from engine.errors import TerminalError
 from engine.event import TableId
 from engine.schema import ColumnInfo, TableInfo
 from engine.seams import (
@@ -73,11 +75,19 @@ class SqliteConnector(Connector):
     def trigger_capture(self, node_id: str, consumer: str | None = None) -> TriggerCapture:
         return SqliteTriggerCapture(self.url, consumer)
 
-    def change_log_reader(self, consumer: str, tables: list[CapturedTable], start: str | None,
-                          node_id: str) -> Reader:
+    def reader(self, source: SourceConfig, consumer: str, tables: list[CapturedTable], start: str | None,
+               node_id: str) -> Reader:
+        if source.capture != "trigger":
+            raise TerminalError(f"SQLite has no {source.capture} capture; use capture: trigger")
         return SqliteChangeLogReader(self.url, consumer, tables, start, node_id)
 
-    def change_log_progress(self, tables: list[TableId], position: str | None) -> SourceProgress:
+    def capture_problems(self, source: SourceConfig, consumer: str, tables: list[CapturedTable]) -> list[str]:
+        if source.capture != "trigger":
+            return [f"SQLite has no {source.capture} capture; use capture: trigger"]
+        return []
+
+    def progress(self, source: SourceConfig, consumer: str, tables: list[TableId],
+                 position: str | None) -> SourceProgress:
         if not self._query("SELECT 1 FROM sqlite_master WHERE name = 'tiersync_change_log'"):
             return SourceProgress(0, None, "no change log")
         last_id = SqliteLogPosition.deserialise(position).last_id if position else 0

@@ -76,6 +76,9 @@ class SqliteSession(TargetSession):
     def delete(self, table: TableInfo, key: list[str], keys: list[tuple]) -> None:
         self._many(dialect.delete_sql(table.id, key), keys, f"deleting from {table.id}")
 
+    def truncate(self, table: TableInfo) -> None:
+        self._run(f"DELETE FROM {dialect.quote(table.id.name)}", what=f"truncating {table.id}")
+
     def save_checkpoint(self, pipeline: str, position: str, changes: int) -> None:
         self._run(dialect.SAVE_CHECKPOINT_SQL, (pipeline, position, changes), "saving the checkpoint")
 

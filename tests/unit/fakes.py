@@ -76,8 +76,14 @@ class MemoryTarget(TargetSession):
         for ident in keys:
             data.pop(tuple(ident), None)
 
+    def truncate(self, table):
+        self.tables[table.id] = {}
+
     def save_checkpoint(self, pipeline, position, changes):
         self.checkpoints[pipeline] = position
 
     def save_dead_letters(self, letters):
         self.dead.extend(letters)
+
+    def save_snapshot_progress(self, pipeline, table, progress):
+        pass

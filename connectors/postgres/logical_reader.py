@@ -1,0 +1,273 @@
+"""Capture from PostgreSQL's write-ahead log: a pgoutput logical replication stream turned into change events.
+
+Batches hold whole source transactions, in commit order. A transaction larger
+than a batch is handed over in chunks flagged ``more``: the runner applies
+them inside one open target transaction and commits when the last chunk
+arrives, so a huge transaction stays atomic without being held in memory
+(unless the pipeline allows splitting it, when each chunk commits with a
+position inside the transaction). The slot is confirmed only for
+transactions the target has committed; when idle, the keepalive position is
+confirmed so the slot does not hold back WAL.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+from engine.errors import TerminalError, TransientError
+from engine.event import ChangeEvent, Op, TableId
+from engine.seams import CapturedTable, ReadBatch, Reader
+
+from .connection import connect
+from .logical import (
+    UNCHANGED,
+    Begin,
+    Commit,
+    Delete,
+    Insert,
+    Origin,
+    PgOutputDecoder,
+    PgOutputError,
+    Relation,
+    ReplicationStream,
+    ReplicationStreamError,
+    Truncate,
+    Update,
+)
+from .pgtext import WALSENDER_OPTIONS, TextDecoders
+from .position import PostgresLsnPosition
+
+log = logging.getLogger(__name__)
+
+ORIGIN_PREFIX = "tiersync:"  # replication origins of tiersync's apply sessions: tiersync:<node id>
+POLL_SECONDS = 0.5
+
+
+@dataclass
+class _RelationPlan:
+    table: TableId
+    names: tuple[str, ...]
+    decoders: tuple
+    key: tuple[str, ...]
+    key_positions: tuple[int, ...]
+
+
+@dataclass
+class _Txn:
+    commit_lsn: int
+    commit_ts: object
+    xid: int
+    origin: str = ""
+    seq: int = 0
+    skip_all: bool = False
+    skip_first: int = 0
+    started: bool = False  # some of its changes were already handed out (in chunks flagged `more`)
+    events: list = field(default_factory=list)
+    position: PostgresLsnPosition | None = None
+
+
+def stream_url(url: str) -> str:
+    """The source URL with the walsender settings that make its text output unambiguous."""
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}options={quote(WALSENDER_OPTIONS)}"
+
+
+class PostgresLogicalReader(Reader):
+    def __init__(self, url: str, slot: str, publication: str, tables: list[CapturedTable], start: str | None,
+                 node_id: str, split_transactions: bool = False):
+        self.node_id = node_id
+        self.split = split_transactions
+        self.tables = {(t.info.id.schema, t.info.id.name): t for t in tables}
+        self.start = PostgresLsnPosition.deserialise(start) if start else None
+        self.position = self.start or PostgresLsnPosition()
+        self.conn = connect(url, autocommit=True, application="tiersync-logical")
+        self.database = self.conn.info.dbname
+        self.text = TextDecoders(self.conn)
+        self.decoder = PgOutputDecoder()
+        self.relations: dict[int, _RelationPlan | None] = {}
+        self.txn: _Txn | None = None
+        self._carry: _Txn | None = None
+        self._end_lsns: dict[str, int] = {}  # position handed out → its commit's end LSN (what the slot confirms)
+        self._confirm = 0  # end LSN of the newest transaction the target committed
+        self.stream = ReplicationStream(stream_url(url), slot, [publication],
+                                        start_lsn=self.start.lsn if self.start else 0)
+        try:
+            self.stream.open()
+        except ReplicationStreamError as exc:
+            self.conn.close()
+            raise _translate(exc, slot) from None
+        self.slot = slot
+
+    # ------------------------------------------------------------------ reading
+
+    def read(self, max_events: int) -> ReadBatch:
+        try:
+            if self._confirm > self.stream.confirmed_lsn:
+                self.stream.send_feedback(self._confirm)
+            return self._read(max_events)
+        except ReplicationStreamError as exc:
+            raise _translate(exc, self.slot) from None
+        except PgOutputError as exc:
+            raise TerminalError(f"cannot decode the replication stream of slot {self.slot}: {exc}") from None
+
+    def _read(self, max_events: int) -> ReadBatch:
+        events: list[ChangeEvent] = []
+        batch_origin: str | None = None
+        if self._carry is not None:  # a whole transaction held back from the previous batch
+            carried, self._carry = self._carry, None
+            events, batch_origin, self.position = carried.events, carried.origin, carried.position
+        deadline = time.monotonic() + POLL_SECONDS
+        while True:
+            txn = self.txn
+            if txn is not None and txn.events and len(events) + len(txn.events) >= max_events:
+                return self._hand_over_part(events, txn)
+            waiting_for_commit = txn is not None
+            message = self.stream.read(POLL_SECONDS if waiting_for_commit else max(deadline - time.monotonic(), 0))
+            if message is None:
+                if waiting_for_commit:  # the transaction is still arriving: let the target start on it
+                    if txn.events:
+                        return self._hand_over_part(events, txn)
+                    continue
+                if not events and not self._end_lsns:
+                    self._confirm_idle()
+                return ReadBatch(events, self.position.serialise())
+            decoded = self.decoder.decode(message.payload)
+            kind = type(decoded)
+            if kind is Begin:
+                self.txn = self._begin(decoded)
+            elif kind is Commit:
+                txn, self.txn = self.txn, None
+                if txn is None or txn.skip_all:
+                    continue
+                txn.position = PostgresLsnPosition(txn.commit_lsn, 0)
+                self._end_lsns[txn.position.serialise()] = decoded.end_lsn
+                if events and not txn.started and txn.origin != batch_origin:
+                    self._carry = txn  # one target transaction carries one origin: this one opens the next batch
+                    return ReadBatch(events, self.position.serialise())
+                events += txn.events
+                batch_origin = txn.origin
+                self.position = txn.position
+                if txn.started:  # the end of a transaction handed over in parts: commit it now
+                    return ReadBatch(events, self.position.serialise(), ends_transaction=True)
+                if len(events) >= max_events:
+                    return ReadBatch(events, self.position.serialise())
+                deadline = min(deadline, time.monotonic() + 0.05)  # take what is already there, then go
+            elif kind is Origin:
+                if self.txn is not None:
+                    name = decoded.name
+                    self.txn.origin = name[len(ORIGIN_PREFIX):] if name.startswith(ORIGIN_PREFIX) else name
+            elif kind is Relation:
+                self.relations[decoded.oid] = self._plan(decoded)
+            elif kind in (Insert, Update, Delete, Truncate):
+                self._change(decoded)
+
+    def _hand_over_part(self, events: list[ChangeEvent], txn: _Txn) -> ReadBatch:
+        """Part of a transaction larger than a batch."""
+        events += txn.events
+        txn.events = []
+        txn.started = True
+        if self.split:  # this part commits on its own, at a position inside the transaction
+            self.position = PostgresLsnPosition(txn.commit_lsn, txn.seq)
+            return ReadBatch(events, self.position.serialise())
+        return ReadBatch(events, self.position.serialise(), more=True)
+
+    def _begin(self, begin: Begin) -> _Txn:
+        txn = _Txn(begin.final_lsn, begin.commit_ts, begin.xid)
+        start = self.start
+        if start is not None:
+            if begin.final_lsn < start.lsn or (begin.final_lsn == start.lsn and start.applied == 0):
+                txn.skip_all = True  # applied before the restart; the slot had not been told yet
+            elif begin.final_lsn == start.lsn:
+                txn.skip_first = start.applied
+        return txn
+
+    def _plan(self, relation: Relation) -> _RelationPlan | None:
+        captured = self.tables.get((relation.namespace, relation.name))
+        if captured is None:
+            return None
+        names = tuple(c.name for c in relation.columns)
+        decoders = tuple(self.text.for_type(c.type_oid) for c in relation.columns)
+        missing = [k for k in captured.key if k not in names]
+        if missing:
+            raise TerminalError(f"{captured.info.id}: key column(s) {', '.join(missing)} are no longer in the table")
+        return _RelationPlan(captured.info.id, names, decoders, captured.key,
+                             tuple(names.index(k) for k in captured.key))
+
+    def _row(self, plan: _RelationPlan, values, key_only: bool = False) -> dict:
+        row = {}
+        positions = plan.key_positions if key_only else range(len(values))
+        for i in positions:
+            value = values[i]
+            if value is UNCHANGED:
+                continue  # an unchanged TOASTed value: leave the target's column as it is
+            decode = plan.decoders[i]
+            row[plan.names[i]] = value if value is None or decode is None else decode(value)
+        return row
+
+    def _change(self, message) -> None:
+        txn = self.txn
+        if txn is None or txn.skip_all:
+            return
+        if type(message) is Truncate:
+            for oid in message.oids:
+                plan = self.relations.get(oid)
+                if plan is not None:
+                    self._add(txn, Op.TRUNCATE, plan, (), None, None)
+            return
+        plan = self.relations.get(message.oid)
+        if plan is None:
+            return
+        if type(message) is Insert:
+            after = self._row(plan, message.new)
+            self._add(txn, Op.CREATE, plan, tuple(after.get(k) for k in plan.key), None, after)
+        elif type(message) is Update:
+            after = self._row(plan, message.new)
+            before = None if message.old is None else self._row(plan, message.old, key_only=message.old_kind == "K")
+            if before is not None and any(k not in after for k in plan.key):
+                after.update({k: before[k] for k in plan.key if k in before and k not in after})
+            self._add(txn, Op.UPDATE, plan, tuple(after.get(k) for k in plan.key), before, after)
+        else:
+            before = self._row(plan, message.old, key_only=message.old_kind == "K")
+            self._add(txn, Op.DELETE, plan, tuple(before.get(k) for k in plan.key), before, None)
+
+    def _add(self, txn: _Txn, op: Op, plan: _RelationPlan, key: tuple, before, after) -> None:
+        txn.seq += 1
+        if txn.seq <= txn.skip_first:
+            return
+        txn.events.append(ChangeEvent(
+            op=op, table=plan.table, key=key, before=before, after=after, seq=txn.seq, txid=txn.xid,
+            origin=txn.origin or self.node_id, captured_at=txn.commit_ts, source_node=self.node_id,
+            source_database=self.database))
+
+    # ------------------------------------------------------------------ progress
+
+    def _confirm_idle(self) -> None:
+        """Nothing pending and nothing in flight: let the slot move to where the server has decoded."""
+        wal_end = self.stream.server_wal_end
+        if wal_end > self.stream.confirmed_lsn:
+            self.stream.send_feedback(wal_end)
+
+    def acknowledge(self, position: str) -> None:
+        """The target committed up to ``position``; the slot is told on the next read (same thread)."""
+        end = self._end_lsns.pop(position, None)
+        if end is not None and end > self._confirm:
+            self._confirm = end
+        for older in [p for p in self._end_lsns if PostgresLsnPosition.deserialise(p).lsn
+                      <= PostgresLsnPosition.deserialise(position).lsn]:
+            self._confirm = max(self._confirm, self._end_lsns.pop(older))
+
+    def close(self) -> None:
+        self.stream.close()
+        self.conn.close()
+
+
+def _translate(exc: ReplicationStreamError, slot: str):
+    message = str(exc)
+    if "does not exist" in message or "publication" in message and "not" in message:
+        return TerminalError(f"{message} — create them with `tiersync slot create` (review with `tiersync slot sql`)")
+    if "is active for PID" in message:
+        return TransientError(f"slot {slot} is in use by another process: {message}")
+    return TransientError(message)
