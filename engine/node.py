@@ -48,6 +48,7 @@ class PipelineStatus:
     lag_seconds: float
     dead_letters: int
     error: str = ""
+    warning: str = ""
 
 
 def pipeline_status(config: Config, name: str) -> PipelineStatus:
@@ -65,6 +66,6 @@ def pipeline_status(config: Config, name: str) -> PipelineStatus:
         if progress.oldest_pending is not None:
             lag = max(0.0, (datetime.now(timezone.utc) - progress.oldest_pending).total_seconds())
         return PipelineStatus(name, progress.head, checkpoint or "-", progress.pending, lag,
-                              target.dead_letter_count(name))
+                              target.dead_letter_count(name), warning=progress.warning)
     except TiersyncError as exc:
         return PipelineStatus(name, "?", "?", -1, -1.0, -1, str(exc))

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from .apply import Batch, BatchApplier, event_to_json
 from .config import Config
-from .errors import TerminalError, TransientError
+from .errors import TransientError
 from .mapping import TargetChange
 from .plan import PipelinePlan, build_plan
 from .seams import DeadLetter
@@ -166,6 +166,18 @@ class PipelineRunner:
 
     def run(self, once: bool = False) -> None:
         """Run until ``stop`` is set (or, with ``once``, until nothing is pending). Terminal errors propagate."""
+        try:
+            self._loop(once)
+        except TransientError:
+            raise
+        except Exception as exc:
+            self.stats.last_error = str(exc)
+            raise
+        finally:
+            self.close()
+            self._prefetcher.shutdown(wait=True)
+
+    def _loop(self, once: bool) -> None:
         failures = 0
         while not self.stop.is_set():
             try:
@@ -187,9 +199,3 @@ class PipelineRunner:
                 self.close()
                 self.plan = None
                 self.stop.wait(delay)
-            except TerminalError as exc:
-                self.stats.last_error = str(exc)
-                self.close()
-                raise
-        self.close()
-        self._prefetcher.shutdown()

@@ -116,6 +116,17 @@ class Reader(ABC):
         pass
 
 
+def same_origin_prefix(rows: list, origin_index: int) -> list:
+    """The leading rows that share the first row's origin: one target transaction carries one origin."""
+    if not rows:
+        return rows
+    first = rows[0][origin_index]
+    for i, row in enumerate(rows):
+        if row[origin_index] != first:
+            return rows[:i]
+    return rows
+
+
 class TriggerCapture(ABC):
     """Trigger-based capture on one database: every statement can be shown before it runs."""
 

@@ -191,6 +191,92 @@ def triggers_status(config_path: str, pipeline_name: str) -> None:
     _guard(status)
 
 
+# ------------------------------------------------------------------ logical replication slots
+
+@main.group()
+def slot() -> None:
+    """Review, create, drop and inspect a logical pipeline's publication and replication slot (PostgreSQL)."""
+
+
+def _slots(config: Config, pipeline_name: str):
+    from engine.registry import connector_for
+
+    pipeline = config.pipeline(pipeline_name)
+    if pipeline.source.capture != "logical":
+        raise ConfigError([f"pipeline {pipeline_name} uses capture: {pipeline.source.capture}, not logical"])
+    db = config.databases[pipeline.source.database]
+    source = connector_for(db.url, db.state_schema)
+    if not hasattr(source, "slots"):
+        raise ConfigError([f"database {pipeline.source.database} has no logical replication slots"])
+    return source, pipeline, source.slots(pipeline.source, pipeline.name)
+
+
+@slot.command("sql")
+@config_option
+@pipeline_option
+@click.option("--drop", is_flag=True, help="show what `slot drop` would run instead")
+def slot_sql(config_path: str, pipeline_name: str, drop: bool) -> None:
+    """Print the statements `slot create` (or `slot drop`) would run; change nothing."""
+    config = _load(config_path)
+
+    def show():
+        source, pipeline, admin = _slots(config, pipeline_name)
+        tables = [source.qualify(t) for t in pipeline.source.tables]
+        for statement in admin.drop_statements() if drop else admin.create_statements(tables):
+            click.echo(statement + ";")
+    _guard(show)
+
+
+@slot.command("create")
+@config_option
+@pipeline_option
+def slot_create(config_path: str, pipeline_name: str) -> None:
+    """Create (or extend) the publication and create the slot; changes after this are captured."""
+    config = _load(config_path)
+
+    def create():
+        source, pipeline, admin = _slots(config, pipeline_name)
+        admin.execute(admin.create_statements([source.qualify(t) for t in pipeline.source.tables]))
+        status = admin.status()
+        click.echo(f"slot {admin.slot} ready at {status.confirmed_flush_lsn}; publication {admin.publication}")
+    _guard(create)
+
+
+@slot.command("drop")
+@config_option
+@pipeline_option
+def slot_drop(config_path: str, pipeline_name: str) -> None:
+    """Drop the slot (so it stops holding WAL) and the publication."""
+    config = _load(config_path)
+
+    def drop():
+        _, _, admin = _slots(config, pipeline_name)
+        admin.execute(admin.drop_statements())
+        click.echo(f"slot {admin.slot} and publication {admin.publication} dropped")
+    _guard(drop)
+
+
+@slot.command("status")
+@config_option
+@pipeline_option
+def slot_status(config_path: str, pipeline_name: str) -> None:
+    """Whether the slot is active, its confirmed flush LSN and how much WAL it holds."""
+    config = _load(config_path)
+
+    def show():
+        _, pipeline, admin = _slots(config, pipeline_name)
+        status = admin.status()
+        if status is None:
+            _fail(f"slot {admin.slot} does not exist; create it with `tiersync slot create`")
+        retained = (status.retained_wal_bytes or 0)
+        click.echo(f"slot {status.name}: {'active' if status.active else 'inactive'}, "
+                   f"confirmed flush {status.confirmed_flush_lsn}, restart {status.restart_lsn}, "
+                   f"WAL held {retained} bytes ({retained / 1048576:.1f} MB), wal_status {status.wal_status}")
+        if retained > pipeline.source.max_retained_wal_mb * 1048576:
+            click.secho(f"warning: over max_retained_wal_mb={pipeline.source.max_retained_wal_mb}", fg="yellow")
+    _guard(show)
+
+
 # ------------------------------------------------------------------ running
 
 @main.command()
@@ -236,8 +322,11 @@ def status(config_path: str, as_json: bool) -> None:
         if row.error:
             click.echo(f"{row.name:24} error: {row.error}")
             continue
-        click.echo(f"{row.name:24} {row.pending:>8} {row.lag_seconds:>9.1f} {row.dead_letters:>5}  "
+        pending = "-" if row.pending is None else row.pending
+        click.echo(f"{row.name:24} {pending:>8} {row.lag_seconds:>9.1f} {row.dead_letters:>5}  "
                    f"{row.applied_position:28} {row.source_position}")
+        if row.warning:
+            click.secho(f"  warning: {row.warning}", fg="yellow")
     if any(r.error for r in rows):
         sys.exit(1)
 

@@ -386,6 +386,13 @@ def delete_from_stage_sql(stage: str, table: TableId, key: list[str]) -> str:
     return f"DELETE FROM {qualified(table)} t USING {quote(stage)} s WHERE {match}"
 
 
+CAN_USE_ORIGINS_SQL = ("SELECT has_function_privilege('pg_replication_origin_session_setup(text)', 'execute') "
+                       "AND has_function_privilege('pg_replication_origin_create(text)', 'execute')")
+CREATE_ORIGIN_SQL = "SELECT pg_replication_origin_create(%s) WHERE pg_replication_origin_oid(%s) IS NULL"
+RESET_ORIGIN_SQL = "SELECT pg_replication_origin_session_reset()"
+SETUP_ORIGIN_SQL = "SELECT pg_replication_origin_session_setup(%s)"
+
+
 def set_origin_sql() -> str:
     return "SELECT set_config('tiersync.origin', %s, true)"
 

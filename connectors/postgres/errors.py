@@ -6,7 +6,9 @@ import psycopg
 
 from engine.errors import RowRejected, TerminalError, TiersyncError, TransientError
 
-_TRANSIENT_STATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "53300", "08000", "08003", "08006"}
+# 55006: object in use (e.g. a replication origin still held by a session that is going away)
+_TRANSIENT_STATES = {"40001", "40P01", "55P03", "55006", "57P01", "57P02", "57P03", "53300",
+                     "08000", "08003", "08006"}
 _TERMINAL_HINTS = {
     "28P01": "check the user name and password in the database URL",
     "28000": "check pg_hba.conf and the user in the database URL",

@@ -42,7 +42,18 @@ from .position import PostgresLsnPosition
 
 log = logging.getLogger(__name__)
 
-ORIGIN_PREFIX = "tiersync:"  # replication origins of tiersync's apply sessions: tiersync:<node id>
+ORIGIN_PREFIX = "tiersync:"  # replication origins of tiersync's apply sessions: tiersync:<pipeline>:<node id>
+
+
+def origin_name(pipeline: str, node: str) -> str:
+    return f"{ORIGIN_PREFIX}{pipeline}:{node}"
+
+
+def node_of_origin(name: str) -> str:
+    """The node a replication origin stands for (an origin not made by tiersync stands for itself)."""
+    if not name.startswith(ORIGIN_PREFIX):
+        return name
+    return name[len(ORIGIN_PREFIX):].partition(":")[2]
 POLL_SECONDS = 0.5
 
 
@@ -157,8 +168,7 @@ class PostgresLogicalReader(Reader):
                 deadline = min(deadline, time.monotonic() + 0.05)  # take what is already there, then go
             elif kind is Origin:
                 if self.txn is not None:
-                    name = decoded.name
-                    self.txn.origin = name[len(ORIGIN_PREFIX):] if name.startswith(ORIGIN_PREFIX) else name
+                    self.txn.origin = node_of_origin(decoded.name)
             elif kind is Relation:
                 self.relations[decoded.oid] = self._plan(decoded)
             elif kind in (Insert, Update, Delete, Truncate):

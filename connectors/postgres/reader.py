@@ -8,7 +8,7 @@ import time
 import psycopg
 
 from engine.event import ChangeEvent, Op
-from engine.seams import CapturedTable, ReadBatch, Reader
+from engine.seams import CapturedTable, ReadBatch, Reader, same_origin_prefix
 
 from . import dialect
 from .connection import connect
@@ -61,8 +61,8 @@ class PostgresChangeLogReader(Reader):
     def read(self, max_events: int) -> ReadBatch:
         position = self.position
         for _ in range(2):  # at most: finish the current range, then open the next one
-            rows = self._execute(dialect.read_sql(self.schema),
-                                 dict(self._params(position), limit=max_events)).fetchall()
+            rows = same_origin_prefix(self._execute(dialect.read_sql(self.schema),
+                                                    dict(self._params(position), limit=max_events)).fetchall(), 6)
             if rows:
                 events = [self._event(row) for row in rows]
                 position = PostgresLogPosition(position.lo, position.hi, rows[-1][0])

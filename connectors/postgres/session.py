@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import psycopg
 from psycopg.types.json import Jsonb
 
@@ -13,6 +15,9 @@ from engine.seams import DeadLetter, SnapshotProgress, TargetSession
 from . import dialect
 from .connection import connect
 from .errors import translate
+from .logical_reader import origin_name
+
+log = logging.getLogger(__name__)
 
 
 class PostgresSession(TargetSession):
@@ -28,9 +33,18 @@ class PostgresSession(TargetSession):
         self._savepoints = 0
         self._origin: str | None = None
         self._json_columns: dict = {}
+        self._url = url
+        self._pipeline = ""
+        self._session_origin: str | None = None
+        self._known_origins: set[str] = set()
         try:
             for statement in dialect.APPLY_SESSION_SQL:
                 self.cur.execute(statement)
+            self.cur.execute(dialect.CAN_USE_ORIGINS_SQL)
+            self._replication_origins = bool(self.cur.fetchone()[0])
+            if not self._replication_origins:
+                log.info("the target's user may not set replication origins: changes applied here are "
+                         "marked for trigger capture only (grant EXECUTE on pg_replication_origin_* to fix)")
             self.conn.commit()
         except psycopg.Error as exc:
             raise translate(exc, "preparing the target session") from None
@@ -62,6 +76,7 @@ class PostgresSession(TargetSession):
             pass  # the connection is gone; the transaction is rolled back with it
 
     def lock_pipeline(self, pipeline: str) -> None:
+        self._pipeline = pipeline
         self._run(dialect.LOCK_PIPELINE_SQL, (pipeline,))
 
     def savepoint(self) -> None:
@@ -80,8 +95,32 @@ class PostgresSession(TargetSession):
 
     def set_origin(self, origin: str | None) -> None:
         if origin != self._origin:
-            self._run(dialect.set_origin_sql(), (origin or "",))
+            self._run(dialect.set_origin_sql(), (origin or "",))  # read by capture triggers
             self._origin = origin
+        if self._replication_origins:  # read by logical decoding (an Origin message per transaction)
+            self._set_replication_origin(origin)
+
+    def _set_replication_origin(self, origin: str | None) -> None:
+        # one name per applying pipeline: PostgreSQL 15 lets only one session at a time use an origin
+        wanted = origin_name(self._pipeline, origin) if origin else None
+        if wanted == self._session_origin:
+            return
+        if wanted is not None and wanted not in self._known_origins:
+            # created on a separate connection: creating it in the batch's transaction would undo it on rollback
+            with connect(self._url, autocommit=True) as admin:
+                try:
+                    admin.execute(dialect.CREATE_ORIGIN_SQL, (wanted, wanted))
+                except psycopg.errors.UniqueViolation:
+                    pass  # another session created it just now
+                except psycopg.Error as exc:
+                    raise translate(exc, f"creating replication origin {wanted}") from None
+            self._known_origins.add(wanted)
+        if self._session_origin is not None:
+            self._run(dialect.RESET_ORIGIN_SQL)  # session state, not transactional
+            self._session_origin = None
+        if wanted is not None:
+            self._run(dialect.SETUP_ORIGIN_SQL, (wanted,))
+            self._session_origin = wanted
 
     def _stage(self, table: TableInfo, columns: list[str], rows: list[tuple]) -> str:
         stage = dialect.stage_name(table.id, tuple(columns))

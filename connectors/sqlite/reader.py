@@ -8,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from engine.event import ChangeEvent, Op, TableId
-from engine.seams import CapturedTable, ReadBatch, Reader
+from engine.seams import CapturedTable, ReadBatch, Reader, same_origin_prefix
 
 from . import dialect
 from .connection import connect, translate
@@ -58,7 +58,8 @@ class SqliteChangeLogReader(Reader):
             raise translate(exc, "reading the change log") from None
 
     def read(self, max_events: int) -> ReadBatch:
-        rows = self._execute(dialect.READ_SQL, (self.position.last_id, self.tables_json, max_events)).fetchall()
+        rows = same_origin_prefix(
+            self._execute(dialect.READ_SQL, (self.position.last_id, self.tables_json, max_events)).fetchall(), 6)
         if rows:
             self.position = SqliteLogPosition(rows[-1][0])
         events = [self._event(row) for row in rows]
