@@ -179,6 +179,6 @@ def test_start_replication_command_quotes_its_options():
     with pytest.raises(ReplicationStreamError, match="not open"):
         stream.send_feedback(Lsn.parse("17/0"))
     assert stream.confirmed_lsn == Lsn.parse("17/0") and " LOGICAL 17/0 " in stream.start_command()
-    for bad in ({"slot": "Bad-Name"}, {"publications": []}, {"proto_version": 3}):
+    for bad in ({"slot": "Bad-Name"}, {"publications": []}, {"publications": "p"}, {"proto_version": 3}):
         with pytest.raises(ValueError):
             ReplicationStream(**({"url": "postgresql://h/db", "slot": "s", "publications": ["p"]} | bad))

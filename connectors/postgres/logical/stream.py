@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import select
 import time
+from collections.abc import Sequence
 from struct import Struct
 from typing import NamedTuple
 
@@ -27,6 +28,10 @@ _new_tuple = tuple.__new__
 _XLOG_BYTE = ord("w")
 _KEEPALIVE_BYTE = ord("k")
 _UNIX_TO_PG_EPOCH_US = 946_684_800_000_000
+# A shutting-down walsender waits for the client to confirm everything it sent, asking again as soon
+# as it gets an answer. Repeating an unchanged answer within this many seconds is skipped, so the
+# ping-pong stops and the server gives up after wal_sender_timeout instead of waiting forever.
+_REPEAT_REPLY_GAP = 0.2
 _NAME = re.compile(r"[a-z0-9_]{1,63}")
 _CONNECTION_DEFAULTS = {"connect_timeout": "10", "keepalives": "1", "keepalives_idle": "30",
                         "keepalives_interval": "10", "keepalives_count": "3"}
@@ -71,13 +76,13 @@ class ReplicationStream:
     drops the connection. Not thread-safe.
     """
 
-    def __init__(self, url: str, slot: str, publications: list[str] | tuple[str, ...], *,
+    def __init__(self, url: str, slot: str, publications: Sequence[str], *,
                  start_lsn: int = 0, proto_version: int = 1, messages: bool = False,
                  send_timeout: float = 30.0):
         if not _NAME.fullmatch(slot):
             raise ValueError(f"not a replication slot name: {slot!r} (lower-case letters, digits, _)")
-        if not publications:
-            raise ValueError("at least one publication is needed")
+        if isinstance(publications, str) or not publications:
+            raise ValueError(f"a list of at least one publication name is needed, not {publications!r}")
         if proto_version not in (1, 2):
             raise ValueError(f"unsupported pgoutput protocol version {proto_version} (1 or 2)")
         self.slot = slot
@@ -92,6 +97,7 @@ class ReplicationStream:
         self._conn: psycopg.Connection | None = None
         self._confirmed = Lsn(start_lsn)
         self._server_wal_end = Lsn(0)
+        self._sent: tuple[Lsn, float] = (Lsn(0), 0.0)  # last reported position, and when
 
     @property
     def confirmed_lsn(self) -> Lsn:
@@ -170,7 +176,8 @@ class ReplicationStream:
                     raise ReplicationStreamError(f"unexpected replication message type {chr(kind)!r}")
                 wal_end, _, reply_requested = _KEEPALIVE(data, 1)
                 self._server_wal_end = Lsn(wal_end)
-                if reply_requested:
+                if reply_requested and (self._sent[0] != self._confirmed
+                                        or time.monotonic() - self._sent[1] > _REPEAT_REPLY_GAP):
                     self._send_status(reply_now=False)
             elif nbytes == 0:
                 remaining = deadline - time.monotonic()
@@ -204,6 +211,7 @@ class ReplicationStream:
                 self._wait_to_send(deadline)
         except psycopg.Error as exc:
             raise self._broken(exc) from exc
+        self._sent = (lsn, time.monotonic())
 
     def _wait_to_send(self, deadline: float) -> None:
         remaining = deadline - time.monotonic()
@@ -224,7 +232,8 @@ class ReplicationStream:
 
     def _broken(self, exc: BaseException) -> ReplicationStreamError:
         self.close()
-        return ReplicationStreamError(f"replication connection for slot {self.slot} lost: {exc}")
+        detail = " ".join(str(exc).split())  # libpq's messages span lines
+        return ReplicationStreamError(f"replication connection for slot {self.slot} lost: {detail}")
 
     def _ended(self) -> ReplicationStreamError:
         """The server ended COPY mode: collect its error, if it sent one."""
