@@ -10,6 +10,7 @@ mapping for a table that is not captured). Checks against live schemas are in
 from __future__ import annotations
 
 import difflib
+import hashlib
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -97,11 +98,18 @@ class SourceConfig(_Strict):
                                                                  "larger than a batch commit in parts")
     max_retained_wal_mb: int = Field(default=1024, ge=1, description="status warns above this much held WAL")
 
-    def slot_name(self, pipeline: str) -> str:
-        return self.slot or "tiersync_" + re.sub(r"[^a-z0-9_]", "_", pipeline.lower())[:54]
+    def slot_name(self, pipeline: str, database: str) -> str:
+        """The slot's name; by default unique per database and pipeline (slots are cluster-wide)."""
+        if self.slot:
+            return self.slot
+        name = re.sub(r"[^a-z0-9_]", "_", f"tiersync_{database}_{pipeline}".lower())
+        if len(name) > 63:
+            name = name[:54] + "_" + hashlib.sha1(name.encode()).hexdigest()[:8]
+        return name
 
     def publication_name(self, pipeline: str) -> str:
-        return self.publication or self.slot_name(pipeline)
+        """The publication's name (publications belong to one database)."""
+        return self.publication or re.sub(r"[^a-z0-9_]", "_", f"tiersync_{pipeline}".lower())[:63]
 
 
 class TargetConfig(_Strict):

@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 
 from .apply import Batch, BatchApplier, event_to_json
 from .config import Config
-from .errors import TransientError
+from .errors import TerminalError, TransientError
 from .mapping import TargetChange
 from .plan import PipelinePlan, build_plan
 from .seams import DeadLetter
 
 log = logging.getLogger(__name__)
+
+ONCE_RETRIES = 6  # with --once, a source or target still failing after this many tries ends the run
 
 
 @dataclass
@@ -55,6 +57,7 @@ class PipelineRunner:
         self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"read-{name}")
         self._next: Future | None = None
         self._open_transaction = False
+        self._caught_up = True
 
     # -------------------------------------------------------------- set-up
 
@@ -98,6 +101,7 @@ class PipelineRunner:
     def _produce(self) -> Batch | None:
         """Read the next batch from the source and map it (None: nothing pending)."""
         read = self.reader.read(self.pipeline.batch_size)
+        self._caught_up = read.caught_up
         if not read.events and not read.ends_transaction:
             return None
         mappings = self.plan.mappings
@@ -116,15 +120,15 @@ class PipelineRunner:
                                            event_to_json(event), read.position))
         return Batch(self.pipeline.name, changes, read.position, len(read.events), rejected, more=read.more)
 
-    def step(self) -> int:
-        """Move one batch; returns how many source events it consumed (0: nothing pending)."""
+    def step(self) -> int | None:
+        """Move one batch; returns how many source events it consumed (None: nothing pending)."""
         if self._next is not None:
             future, self._next = self._next, None
             batch = future.result()
         else:
             batch = self._produce()
         if batch is None:
-            return 0
+            return None
         self._next = self._prefetcher.submit(self._produce)
         if batch.more or self._open_transaction:
             result = self._apply_part(batch)
@@ -185,12 +189,14 @@ class PipelineRunner:
                     self.open()
                 moved = self.step()
                 failures = 0
-                if moved == 0:
-                    if once:
+                if moved is None:
+                    if once and self._caught_up:
                         return
                     self.stop.wait(self.pipeline.poll_interval)
             except TransientError as exc:
                 failures += 1
+                if once and failures >= ONCE_RETRIES:
+                    raise TerminalError(f"gave up after {failures} attempts: {exc}") from None
                 self.stats.retries += 1
                 self.stats.last_error = str(exc)
                 delay = min(self.max_backoff, 0.5 * 2 ** min(failures, 10))

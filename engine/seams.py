@@ -35,6 +35,7 @@ class ReadBatch:
     position: str  # serialised Position
     more: bool = False  # the source transaction goes on in the next batch: apply, but do not commit yet
     ends_transaction: bool = False  # closes a transaction begun in earlier batches (may hold no events)
+    caught_up: bool = True  # False: the source has more that it has not sent yet (keep reading for --once)
 
 
 @dataclass

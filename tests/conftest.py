@@ -26,3 +26,22 @@ def pg_databases(pg_server):
     """A fresh pair of databases (county, city) for one test."""
     n = next(_counter)
     return pg_server.create_database(f"county_{os.getpid()}_{n}"), pg_server.create_database(f"city_{os.getpid()}_{n}")
+
+
+@pytest.fixture(scope="session")
+def pg_logical_server():
+    """A server with wal_level=logical, for log-based capture."""
+    from tests.harness.postgres import PostgresServer
+
+    server = PostgresServer({"wal_level": "logical", "max_replication_slots": "20", "max_wal_senders": "20",
+                             "logical_decoding_work_mem": "1MB"}).init().start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def pg_logical_databases(pg_logical_server, pg_server):
+    """A source on the logical server and a target on the ordinary one."""
+    n = next(_counter)
+    return (pg_logical_server.create_database(f"lsrc_{os.getpid()}_{n}"),
+            pg_server.create_database(f"ldst_{os.getpid()}_{n}"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from engine.config import SourceConfig
 from engine.event import TableId
@@ -71,9 +72,12 @@ class PostgresConnector(Connector):
         if source.capture == "logical":
             from .logical_reader import PostgresLogicalReader
 
-            return PostgresLogicalReader(self.url, source.slot_name(consumer), source.publication_name(consumer),
+            return PostgresLogicalReader(self.url, self._slot(source, consumer), source.publication_name(consumer),
                                          tables, start, node_id, source.split_transactions)
         return PostgresChangeLogReader(self.url, self.state_schema, consumer, tables, start, node_id)
+
+    def _slot(self, source: SourceConfig, consumer: str) -> str:
+        return source.slot_name(consumer, conninfo_to_dict(self.url).get("dbname", "postgres"))
 
     def capture_problems(self, source: SourceConfig, consumer: str, tables: list[CapturedTable]) -> list[str]:
         if source.capture != "logical":
@@ -81,21 +85,21 @@ class PostgresConnector(Connector):
         from .slots import logical_capture_problems
 
         with connect(self.url, autocommit=True) as conn:
-            return logical_capture_problems(conn, source.slot_name(consumer), source.publication_name(consumer),
+            return logical_capture_problems(conn, self._slot(source, consumer), source.publication_name(consumer),
                                             tables)
 
     def slots(self, source: SourceConfig, consumer: str):
         """The DBA's view of a logical pipeline's slot and publication."""
         from .slots import PostgresSlotAdmin
 
-        return PostgresSlotAdmin(self.url, source.slot_name(consumer), source.publication_name(consumer))
+        return PostgresSlotAdmin(self.url, self._slot(source, consumer), source.publication_name(consumer))
 
     def progress(self, source: SourceConfig, consumer: str, tables: list[TableId],
                  position: str | None) -> SourceProgress:
         if source.capture == "logical":
             status = self.slots(source, consumer).status()
             if status is None:
-                return SourceProgress(None, None, "no slot", f"slot {source.slot_name(consumer)} does not exist")
+                return SourceProgress(None, None, "no slot", f"slot {self._slot(source, consumer)} does not exist")
             retained = status.retained_wal_bytes or 0
             warning = ""
             if retained > source.max_retained_wal_mb * 1024 * 1024:
@@ -107,10 +111,10 @@ class PostgresConnector(Connector):
         log = f"{dialect.quote(self.state_schema)}.tiersync_change_log"
         if not self._query(dialect.TABLE_EXISTS_SQL, {"rel": log})[0][0]:
             return SourceProgress(0, None, "no change log")
-        params = {"lo": pos.lo, "hi": pos.hi, "last_id": pos.last_id, "tables": [str(t) for t in tables]}
+        params = {"prev": pos.prev, "cur": pos.cur, "last_id": pos.last_id, "tables": [str(t) for t in tables]}
         count, oldest = self._query(dialect.pending_sql(self.state_schema), params)[0]
-        horizon = self._query(dialect.HORIZON_SQL)[0][0]
-        return SourceProgress(count, oldest, f"txid horizon {horizon}")
+        snapshot = self._query(dialect.SNAPSHOT_SQL)[0][0]
+        return SourceProgress(count, oldest, f"snapshot {snapshot}")
 
     def ensure_state(self) -> None:
         with connect(self.url) as conn:

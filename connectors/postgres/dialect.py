@@ -95,8 +95,8 @@ def change_log_ddl(schema: str) -> list[str]:
 )""",
         f"""CREATE TABLE IF NOT EXISTS {s}.tiersync_consumer (
     name text PRIMARY KEY,
-    lo xid8 NOT NULL,
-    hi xid8 NOT NULL,
+    prev pg_snapshot NOT NULL,
+    cur pg_snapshot NOT NULL,
     last_id bigint NOT NULL,
     tables text[],
     updated_at timestamptz NOT NULL DEFAULT now()
@@ -105,8 +105,8 @@ def change_log_ddl(schema: str) -> list[str]:
 
 
 def register_consumer_sql(schema: str) -> str:
-    return (f"INSERT INTO {quote(schema)}.tiersync_consumer (name, lo, hi, last_id, tables) "
-            f"VALUES (%(name)s, %(lo)s::text::xid8, %(hi)s::text::xid8, %(last_id)s, %(tables)s) "
+    return (f"INSERT INTO {quote(schema)}.tiersync_consumer (name, prev, cur, last_id, tables) "
+            f"VALUES (%(name)s, %(prev)s::pg_snapshot, %(cur)s::pg_snapshot, %(last_id)s, %(tables)s) "
             f"ON CONFLICT (name) DO UPDATE SET tables = EXCLUDED.tables")
 
 
@@ -290,11 +290,20 @@ WHERE t.tgname = 'tiersync_capture' AND NOT t.tgisinternal
 
 # ---------------------------------------------------------------- reading the change log
 
+# the rows a position has not delivered yet are those of transactions visible in `cur` but not in `prev`
+_IN_BATCH = ("pg_visible_in_snapshot(l.txid, %(cur)s::pg_snapshot) "
+             "AND NOT pg_visible_in_snapshot(l.txid, %(prev)s::pg_snapshot)")
+# …and a consumer `c` has applied a row when the row is visible in its `prev`, or in its `cur` up to `last_id`
+_APPLIED_BY_C = ("(pg_visible_in_snapshot(l.txid, c.prev) OR "
+                 "(pg_visible_in_snapshot(l.txid, c.cur) AND l.id <= c.last_id))")
+_APPLIED_AT = ("(pg_visible_in_snapshot(l.txid, %(prev)s::pg_snapshot) OR "
+               "(pg_visible_in_snapshot(l.txid, %(cur)s::pg_snapshot) AND l.id <= %(last_id)s))")
+
+
 def read_sql(schema: str) -> str:
-    return (f"SELECT id, txid::text::bigint, tbl, op, before::text, after::text, origin, captured_at "
-            f"FROM {quote(schema)}.tiersync_change_log "
-            f"WHERE txid >= %(lo)s::text::xid8 AND txid < %(hi)s::text::xid8 AND id > %(last_id)s "
-            f"AND tbl = ANY(%(tables)s) ORDER BY id LIMIT %(limit)s")
+    return (f"SELECT l.id, l.txid::text::bigint, l.tbl, l.op, l.before::text, l.after::text, l.origin, "
+            f"l.captured_at FROM {quote(schema)}.tiersync_change_log l "
+            f"WHERE l.id > %(last_id)s AND l.tbl = ANY(%(tables)s) AND {_IN_BATCH} ORDER BY l.id LIMIT %(limit)s")
 
 
 # The change log changes too fast for its statistics to help: without these the planner may scan every
@@ -307,29 +316,29 @@ READER_SESSION_SQL = ["SET enable_sort = off", "SET enable_bitmapscan = off", "S
 APPLY_SESSION_SQL = ["SET TIME ZONE 'UTC'",  # naive timestamps written into timestamptz mean UTC
                      "SET enable_hashjoin = off", "SET enable_mergejoin = off"]
 
-HORIZON_SQL = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+SNAPSHOT_SQL = "SELECT pg_current_snapshot()::text"
 
 
 def consumer_update_sql(schema: str) -> str:
-    return (f"UPDATE {quote(schema)}.tiersync_consumer SET lo = %(lo)s::text::xid8, hi = %(hi)s::text::xid8, "
-            f"last_id = %(last_id)s, updated_at = now() WHERE name = %(name)s")
+    return (f"UPDATE {quote(schema)}.tiersync_consumer SET prev = %(prev)s::pg_snapshot, "
+            f"cur = %(cur)s::pg_snapshot, last_id = %(last_id)s, updated_at = now() WHERE name = %(name)s")
 
 
 def _applied_by_every_consumer(s: str) -> str:
     """True for a change-log row ``l`` that every registered consumer of its table has applied."""
     return (f"NOT EXISTS (SELECT 1 FROM {s}.tiersync_consumer c WHERE (c.tables IS NULL OR l.tbl = ANY(c.tables)) "
-            f"AND NOT (l.txid < c.lo OR (l.txid < c.hi AND l.id <= c.last_id)))")
+            f"AND NOT {_APPLIED_BY_C})")
 
 
 def purge_window_sql(schema: str) -> str:
     """Delete the rows of one applied batch that every registered consumer of their table has applied.
 
-    The window (``first_id``..``last_id`` inside the batch's txid range) keeps this an index range scan:
+    The window (``first_id``..``last_id`` of the batch) keeps this an index range scan:
     a purge that started from the lowest id would walk every dead index entry left by earlier purges.
     """
     s = quote(schema)
     return (f"DELETE FROM {s}.tiersync_change_log l WHERE l.id >= %(first_id)s AND l.id <= %(last_id)s "
-            f"AND l.txid >= %(lo)s::text::xid8 AND l.txid < %(hi)s::text::xid8 AND {_applied_by_every_consumer(s)}")
+            f"AND {_IN_BATCH} AND {_applied_by_every_consumer(s)}")
 
 
 def purge_sweep_sql(schema: str) -> str:
@@ -340,8 +349,7 @@ def purge_sweep_sql(schema: str) -> str:
 
 def pending_sql(schema: str) -> str:
     return (f"SELECT count(*), min(captured_at) FROM {quote(schema)}.tiersync_change_log l "
-            f"WHERE l.tbl = ANY(%(tables)s) AND NOT (l.txid < %(lo)s::text::xid8 "
-            f"OR (l.txid < %(hi)s::text::xid8 AND l.id <= %(last_id)s))")
+            f"WHERE l.tbl = ANY(%(tables)s) AND NOT {_APPLIED_AT}")
 
 
 def table_pending_sql(schema: str) -> str:

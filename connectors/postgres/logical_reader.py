@@ -55,6 +55,7 @@ def node_of_origin(name: str) -> str:
         return name
     return name[len(ORIGIN_PREFIX):].partition(":")[2]
 POLL_SECONDS = 0.5
+CATCH_UP_WAIT = 5.0  # longest one read waits for WAL older than the reader (then reports it is not caught up)
 
 
 @dataclass
@@ -103,6 +104,8 @@ class PostgresLogicalReader(Reader):
         self._carry: _Txn | None = None
         self._end_lsns: dict[str, int] = {}  # position handed out → its commit's end LSN (what the slot confirms)
         self._confirm = 0  # end LSN of the newest transaction the target committed
+        self._server_end = 0
+        self._drain_to = self.conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()[0]
         self.stream = ReplicationStream(stream_url(url), slot, [publication],
                                         start_lsn=self.start.lsn if self.start else 0)
         try:
@@ -131,10 +134,13 @@ class PostgresLogicalReader(Reader):
             carried, self._carry = self._carry, None
             events, batch_origin, self.position = carried.events, carried.origin, carried.position
         deadline = time.monotonic() + POLL_SECONDS
+        catch_up_deadline = time.monotonic() + CATCH_UP_WAIT
         while True:
             txn = self.txn
-            if txn is not None and txn.events and len(events) + len(txn.events) >= max_events:
+            if txn is not None and len(txn.events) >= max_events:  # a transaction larger than a batch
                 return self._hand_over_part(events, txn)
+            if txn is not None and events and len(events) + len(txn.events) >= max_events:
+                return ReadBatch(events, self.position.serialise())  # the open transaction goes in the next batch
             waiting_for_commit = txn is not None
             message = self.stream.read(POLL_SECONDS if waiting_for_commit else max(deadline - time.monotonic(), 0))
             if message is None:
@@ -142,9 +148,17 @@ class PostgresLogicalReader(Reader):
                     if txn.events:
                         return self._hand_over_part(events, txn)
                     continue
+                if not events and not self._caught_up():
+                    if time.monotonic() < catch_up_deadline:  # WAL written before we started is still coming
+                        self.stream.send_feedback(self.stream.confirmed_lsn, reply_now=True)
+                        deadline = time.monotonic() + POLL_SECONDS
+                        continue
+                    return ReadBatch(events, self.position.serialise(), caught_up=False)
                 if not events and not self._end_lsns:
                     self._confirm_idle()
                 return ReadBatch(events, self.position.serialise())
+            if message.wal_end > self._server_end:
+                self._server_end = message.wal_end
             decoded = self.decoder.decode(message.payload)
             kind = type(decoded)
             if kind is Begin:
@@ -254,6 +268,12 @@ class PostgresLogicalReader(Reader):
 
     # ------------------------------------------------------------------ progress
 
+    def _caught_up(self) -> bool:
+        """Whether the server has sent everything written before this reader started."""
+        if max(self._server_end, self.stream.server_wal_end) >= self._drain_to:
+            self._drain_to = 0
+        return self._drain_to == 0
+
     def _confirm_idle(self) -> None:
         """Nothing pending and nothing in flight: let the slot move to where the server has decoded."""
         wal_end = self.stream.server_wal_end
@@ -276,7 +296,8 @@ class PostgresLogicalReader(Reader):
 
 def _translate(exc: ReplicationStreamError, slot: str):
     message = str(exc)
-    if "does not exist" in message or "publication" in message and "not" in message:
+    if ("does not exist" in message or "was not created in this database" in message
+            or ("publication" in message and "not" in message)):
         return TerminalError(f"{message} — create them with `tiersync slot create` (review with `tiersync slot sql`)")
     if "is active for PID" in message:
         return TransientError(f"slot {slot} is in use by another process: {message}")

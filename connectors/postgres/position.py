@@ -1,11 +1,14 @@
-"""Position in a PostgreSQL trigger change log, safe against transactions committing out of id order.
+"""Positions in PostgreSQL sources: the trigger change log, and the logical replication stream.
 
-Rows are read in ranges of transaction ids ``[lo, hi)`` where ``hi`` was the
-oldest transaction still running (``pg_snapshot_xmin``) when the range was
-opened: every transaction below it had ended, so the range is complete and
-never grows. Inside a range, rows are read in change-log id order, which is
-commit order for changes to the same key (row locks serialise them).
-``last_id`` is the last id of the current range already delivered.
+A change-log row's sequence number is taken when the row is written, not at
+commit, so ``id > last_id`` would skip a long transaction's rows, and
+transaction ids are not in commit order either. Batches are therefore cut by
+snapshots (as PgQ does): batch k holds the rows of transactions visible in
+snapshot ``cur`` but not in the previous snapshot ``prev``, read in id order.
+A transaction that committed before another is visible in every snapshot the
+later one is, so it lands in the same or an earlier batch; within a batch, two
+changes to the same row are in id order, which row locks make commit order
+(the id sequence has CACHE 1 so that holds across sessions).
 """
 
 from __future__ import annotations
@@ -14,31 +17,29 @@ from dataclasses import dataclass
 
 from engine.position import Position
 
+NOTHING_VISIBLE = "1:1:"  # a snapshot in which no transaction is visible
 
-@dataclass(frozen=True, order=True)
+
+@dataclass(frozen=True)
 class PostgresLogPosition(Position):
+    """Everything visible in ``prev`` is delivered, and of what ``cur`` adds, the rows up to ``last_id``."""
+
     kind = "pglog"
 
-    lo: int = 0
-    hi: int = 0
+    prev: str = NOTHING_VISIBLE
+    cur: str = NOTHING_VISIBLE
     last_id: int = 0
 
     def to_text(self) -> str:
-        return f"{self.lo}/{self.hi}/{self.last_id}"
+        return f"{self.prev}|{self.cur}|{self.last_id}"
 
     @classmethod
     def from_text(cls, text: str) -> PostgresLogPosition:
-        try:
-            lo, hi, last_id = (int(part) for part in text.split("/"))
-        except ValueError:
-            raise ValueError(f"not a PostgreSQL change-log position: {text!r} (expected lo/hi/last_id)") from None
-        if not 0 <= lo <= hi or last_id < 0:
-            raise ValueError(f"not a PostgreSQL change-log position: {text!r}")
-        return cls(lo, hi, last_id)
-
-    def covers(self, txid: int, row_id: int) -> bool:
-        """Whether the change-log row (txid, id) is at or before this position."""
-        return txid < self.lo or (txid < self.hi and row_id <= self.last_id)
+        parts = text.split("|")
+        if len(parts) != 3 or not all(p.count(":") == 2 for p in parts[:2]) or not parts[2].isdigit():
+            raise ValueError(f"not a PostgreSQL change-log position: {text!r} (expected prev|cur|last_id, "
+                             f"the snapshots as xmin:xmax:xip)")
+        return cls(parts[0], parts[1], int(parts[2]))
 
 
 @dataclass(frozen=True, order=True)

@@ -51,7 +51,7 @@ class PostgresChangeLogReader(Reader):
             raise translate(exc, what) from None
 
     def _params(self, position: PostgresLogPosition) -> dict:
-        return {"lo": position.lo, "hi": position.hi, "last_id": position.last_id, "name": self.consumer,
+        return {"prev": position.prev, "cur": position.cur, "last_id": position.last_id, "name": self.consumer,
                 "tables": self.table_names}
 
     def _register(self) -> None:
@@ -60,25 +60,25 @@ class PostgresChangeLogReader(Reader):
 
     def read(self, max_events: int) -> ReadBatch:
         position = self.position
-        for _ in range(2):  # at most: finish the current range, then open the next one
+        for _ in range(2):  # at most: finish the current batch, then open the next one
             rows = same_origin_prefix(self._execute(dialect.read_sql(self.schema),
                                                     dict(self._params(position), limit=max_events)).fetchall(), 6)
             if rows:
                 events = [self._event(row) for row in rows]
-                position = PostgresLogPosition(position.lo, position.hi, rows[-1][0])
+                position = PostgresLogPosition(position.prev, position.cur, rows[-1][0])
                 self.position = position
                 serialised = position.serialise()
                 self._windows[serialised] = rows[0][0]
                 return ReadBatch(events, serialised)
-            horizon = self._execute(dialect.HORIZON_SQL).fetchone()[0]
-            if horizon <= position.hi:
+            snapshot = self._execute(dialect.SNAPSHOT_SQL).fetchone()[0]
+            if snapshot == position.cur:
                 if not self._swept_since_ack:  # idle: a good moment to clear what windows missed
                     try:
                         self._sweep(self.conn)
                     except psycopg.Error as exc:
                         raise translate(exc, "purging the change log") from None
                 break
-            position = PostgresLogPosition(position.hi, horizon, 0)
+            position = PostgresLogPosition(position.cur, snapshot, 0)
             self.position = position
         return ReadBatch([], position.serialise())
 

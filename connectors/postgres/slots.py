@@ -12,6 +12,8 @@ from .dialect import literal, qualified, quote
 from .errors import translate
 from .logical import SlotStatus, slot_status
 
+_SLOT_HERE = "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND database = current_database()"
+
 
 class PostgresSlotAdmin:
     """Statements to review and run for one pipeline's publication and replication slot."""
@@ -31,13 +33,13 @@ class PostgresSlotAdmin:
         exists = self._query("SELECT 1 FROM pg_publication WHERE pubname = %s", (self.publication,))
         verb = "ALTER PUBLICATION {} SET TABLE {}" if exists else "CREATE PUBLICATION {} FOR TABLE {}"
         statements = [verb.format(quote(self.publication), names)]
-        if not self._query("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (self.slot,)):
+        if not self._query(_SLOT_HERE, (self.slot,)):
             statements.append(f"SELECT pg_create_logical_replication_slot({literal(self.slot)}, 'pgoutput')")
         return statements
 
     def drop_statements(self) -> list[str]:
         statements = []
-        if self._query("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (self.slot,)):
+        if self._query(_SLOT_HERE, (self.slot,)):
             statements.append(f"SELECT pg_drop_replication_slot({literal(self.slot)})")
         statements.append(f"DROP PUBLICATION IF EXISTS {quote(self.publication)}")
         return statements
@@ -67,8 +69,12 @@ def logical_capture_problems(conn: psycopg.Connection, slot: str, publication: s
     if level != "logical":
         problems.append(f"wal_level is {level!r}; logical capture needs wal_level = logical in postgresql.conf "
                         f"(then restart the server)")
-    row = conn.execute("SELECT plugin FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
-    if row is None:
+    row = conn.execute("SELECT plugin, database FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
+    here = conn.info.dbname
+    if row is not None and row[1] != here:
+        problems.append(f"replication slot {slot} belongs to database {row[1]!r}, not {here!r}; "
+                        f"name another slot with `slot:` in the pipeline's source")
+    elif row is None:
         problems.append(f"replication slot {slot} does not exist; review and create it with "
                         f"`tiersync slot sql` / `tiersync slot create`")
     elif row[0] != "pgoutput":

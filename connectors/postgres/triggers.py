@@ -10,6 +10,7 @@ from engine.seams import CapturedTable, CaptureStatus, TriggerCapture
 from . import dialect
 from .connection import connect
 from .errors import translate
+from .position import NOTHING_VISIBLE
 
 
 class PostgresTriggerCapture(TriggerCapture):
@@ -38,8 +39,8 @@ class PostgresTriggerCapture(TriggerCapture):
             names = "ARRAY[" + ", ".join(dialect.literal(str(t.info.id)) for t in tables) + "]::text[]"
             # a consumer registered at install time keeps other pipelines' purges off its rows
             statements.append(
-                f"INSERT INTO {dialect.quote(self.schema)}.tiersync_consumer (name, lo, hi, last_id, tables) "
-                f"VALUES ({dialect.literal(self.consumer)}, '0', '0', 0, {names}) "
+                f"INSERT INTO {dialect.quote(self.schema)}.tiersync_consumer (name, prev, cur, last_id, tables) "
+                f"VALUES ({dialect.literal(self.consumer)}, '{NOTHING_VISIBLE}', '{NOTHING_VISIBLE}', 0, {names}) "
                 f"ON CONFLICT (name) DO UPDATE SET tables = EXCLUDED.tables")
         return statements
 

@@ -73,6 +73,27 @@ def test_long_transaction_committing_last_is_not_skipped(two_pipelines):
     assert pg_rows(target, "SELECT label FROM item WHERE id = 2") == [("long transaction",)]
 
 
+def test_commit_order_beats_transaction_id_order(two_pipelines):
+    """A lower transaction id committing after a higher one on the same row must still be applied last."""
+    config, source, target = two_pipelines
+    pg_exec(source, "INSERT INTO item VALUES (1, 'initial', 0, NULL)")
+    run_once(config)
+    t2, t3, t1 = (psycopg.connect(source) for _ in range(3))
+    for conn in (t2, t3, t1):  # transaction ids in this order: T2 < T3 < T1
+        conn.execute("SELECT pg_current_xact_id()")
+    t1.execute("UPDATE item SET label = 'by T1, committed first' WHERE id = 1")
+    t1.commit()
+    t2.execute("UPDATE item SET label = 'by T2, committed last' WHERE id = 1")
+    t2.commit()
+    run_once(config)  # T3 is still open
+    t3.commit()
+    run_once(config)
+    for conn in (t1, t2, t3):
+        conn.close()
+    assert_in_sync(source, target)
+    assert pg_rows(target, "SELECT label FROM item") == [("by T2, committed last",)]
+
+
 class Workload(threading.Thread):
     """Random inserts, updates and deletes in small transactions until stopped."""
 

@@ -60,14 +60,21 @@ def test_kill_9_during_snapshot_resumes_from_the_last_chunk(loaded_source, tmp_p
     text = config.read_text().replace("batch_size: 500", "batch_size: 150\n  initial_load: true")
     config.write_text(text)
     cli("triggers", "install", "--config", str(config), "--pipeline", "load")
-    seen = []
-    for delay in (0.9, 1.0, 1.1):
+    copied = 0
+    for _ in range(3):  # kill -9 each time the load has moved on by a few chunks
         engine = spawn_engine(config, log=tmp_path / "engine.log")
-        time.sleep(delay)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            progress = pg_rows(target, "SELECT rows, done FROM tiersync.tiersync_snapshot") \
+                if pg_rows(target, "SELECT to_regclass('tiersync.tiersync_snapshot')")[0][0] else []
+            if progress and progress[0][0] >= copied + 600:
+                break
+            time.sleep(0.01)
         engine.kill()
         engine.wait()
-        seen += pg_rows(target, "SELECT rows, done FROM tiersync.tiersync_snapshot")
-    assert any(0 < rows < 20000 and not done for rows, done in seen), seen  # killed in the middle of the load
+        [(rows, done)] = pg_rows(target, "SELECT rows, done FROM tiersync.tiersync_snapshot")
+        assert not done and rows > copied, "the load was not interrupted in the middle"
+        copied = rows
     pg_exec(source, "UPDATE item SET qty = -1 WHERE id % 1000 = 0", "DELETE FROM item WHERE id % 999 = 0")
     run_once(config)  # resumes the load (never redoes finished chunks), then streams
     assert pg_rows(source, SAME[0]) == pg_rows(target, SAME[1])
@@ -115,7 +122,8 @@ def test_snapshot_refuses_history_tables_and_unknown_tables(tmp_path, pg_databas
     pg_exec(source, "CREATE TABLE log (a int, b text)")
     pg_exec(target, "CREATE TABLE log (a int, b text)")
     config = write_node(tmp_path / "node.yaml", {"src": source, "dst": target}, [{
-        "name": "h", "source": {"database": "src", "tables": ["log"]}, "target": {"database": "dst", "mode": "append"}}])
+        "name": "h", "source": {"database": "src", "tables": ["log"]},
+        "target": {"database": "dst", "mode": "append"}}])
     assert "no current state to load" in cli("snapshot", "--config", str(config), "--pipeline", "h", expect=2).output
     output = cli("snapshot", "--config", str(config), "--pipeline", "h", "--table", "nope", expect=2).output
     assert "does not capture public.nope" in output

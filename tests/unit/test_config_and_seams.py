@@ -98,14 +98,15 @@ def test_unknown_connector_suggests():
 
 
 def test_positions_round_trip_and_refuse_other_kinds():
-    from connectors.postgres.position import PostgresLogPosition
+    from connectors.postgres.position import PostgresLogPosition, PostgresLsnPosition
     from connectors.sqlite.position import SqliteLogPosition
 
-    pos = PostgresLogPosition(5, 9, 120)
+    pos = PostgresLogPosition("740:742:740,741", "741:745:741", 120)
     assert parse_position(pos.serialise()) == pos
-    assert PostgresLogPosition(5, 9, 1) < PostgresLogPosition(9, 12, 0)
-    assert pos.covers(4, 999) and pos.covers(8, 120) and not pos.covers(8, 121) and not pos.covers(9, 1)
+    lsn = PostgresLsnPosition(0x16B374D848, 3)
+    assert parse_position(lsn.serialise()) == lsn and lsn.to_text() == "16/B374D848:3"
     with pytest.raises(ValueError, match="not a pglog position"):
         PostgresLogPosition.deserialise(SqliteLogPosition(3).serialise())
-    with pytest.raises(ValueError):
-        PostgresLogPosition.from_text("9/5/1")
+    for bad in ("9/5/1", "1:2:|3:4:", "1:2:|3:4:|x"):
+        with pytest.raises(ValueError):
+            PostgresLogPosition.from_text(bad)
