@@ -309,12 +309,15 @@ def read_sql(schema: str) -> str:
 # The change log changes too fast for its statistics to help: without these the planner may scan every
 # pending row and sort them to return the first few thousand (quadratic over a backlog). Walking the
 # primary key in order and stopping at LIMIT is always right for this query.
-READER_SESSION_SQL = ["SET enable_sort = off", "SET enable_bitmapscan = off", "SET enable_seqscan = off"]
+# JIT compiling these small, frequent statements costs more than running them.
+READER_SESSION_SQL = ["SET enable_sort = off", "SET enable_bitmapscan = off", "SET enable_seqscan = off",
+                      "SET jit = off"]
+ACK_SESSION_SQL = ["SET jit = off"]
 
 # A staging table holds one batch and has no statistics: joining it to the target must probe the
 # target's key index row by row, never hash or merge the whole target.
 APPLY_SESSION_SQL = ["SET TIME ZONE 'UTC'",  # naive timestamps written into timestamptz mean UTC
-                     "SET enable_hashjoin = off", "SET enable_mergejoin = off"]
+                     "SET enable_hashjoin = off", "SET enable_mergejoin = off", "SET jit = off"]
 
 SNAPSHOT_SQL = "SELECT pg_current_snapshot()::text"
 

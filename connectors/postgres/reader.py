@@ -102,6 +102,8 @@ class PostgresChangeLogReader(Reader):
         params = self._params(pos)
         if self._ack_conn is None:
             self._ack_conn = connect(self.url, autocommit=True, application="tiersync-ack")
+            for statement in dialect.ACK_SESSION_SQL:
+                self._ack_conn.execute(statement)
         first_id = self._windows.pop(position, None)
         try:
             with self._ack_conn.transaction():

@@ -175,3 +175,27 @@ def test_idle_slot_keeps_advancing(logical, tmp_path):
     finally:
         engine.terminate()
         engine.wait(30)
+
+
+def test_initial_load_then_stream_with_kill_9_during_the_load(logical, tmp_path):
+    """Rows that predate the slot arrive by the full load; changes after the slot by the stream; crashes resume."""
+    _, source, target = logical
+    pg_exec(source, "INSERT INTO item SELECT g, 'old', g, g, NULL, NULL FROM generate_series(1, 30000) g")
+    config = node(tmp_path, source, target, initial_load=True, batch_size=150)
+    cli("slot", "create", "--config", str(config), "--pipeline", "wal")  # the slot first, then the copy
+    pg_exec(source, "UPDATE item SET label = 'changed after the slot' WHERE id % 100 = 0",
+            "DELETE FROM item WHERE id % 333 = 0")
+    engine = spawn_engine(config, log=tmp_path / "engine.log")
+    deadline = time.time() + 60
+    while time.time() < deadline:  # let the load get part of the way, then kill it
+        if pg_rows(target, "SELECT to_regclass('tiersync.tiersync_snapshot')")[0][0] and \
+                pg_rows(target, "SELECT coalesce(sum(rows), 0) FROM tiersync.tiersync_snapshot")[0][0] > 3000:
+            break
+        time.sleep(0.01)
+    engine.kill()
+    engine.wait()
+    [(rows, done)] = pg_rows(target, "SELECT rows, done FROM tiersync.tiersync_snapshot")
+    assert 0 < rows and not done
+    pg_exec(source, "INSERT INTO item VALUES (40000, 'during the load', 1, 1, NULL, NULL)")
+    run_once(config)
+    assert pg_rows(target, SAME) == pg_rows(source, SAME)
