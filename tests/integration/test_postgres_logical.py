@@ -199,3 +199,33 @@ def test_initial_load_then_stream_with_kill_9_during_the_load(logical, tmp_path)
     pg_exec(source, "INSERT INTO item VALUES (40000, 'during the load', 1, 1, NULL, NULL)")
     run_once(config)
     assert pg_rows(target, SAME) == pg_rows(source, SAME)
+
+
+def test_relayed_changes_carry_a_replication_origin_and_do_not_echo(tmp_path, pg_logical_server):
+    """county ⇄ city, both captured from the WAL: what the city applied comes back tagged, and is not sent back."""
+    county = pg_logical_server.create_database(f"county_echo_{time.time_ns()}")
+    city = pg_logical_server.create_database(f"city_echo_{time.time_ns()}")
+    for url in (county, city):
+        pg_exec(url, DDL)
+    up = write_node(tmp_path / "county.yaml", {"county": county, "city": city}, [{
+        "name": "up", "source": {"database": "county", "capture": "logical", "tables": ["item"]},
+        "target": {"database": "city", "node": "city-110100"}}], node_id="county-110101")
+    down = write_node(tmp_path / "city.yaml", {"city": city, "county": county}, [{
+        "name": "down", "source": {"database": "city", "capture": "logical", "tables": ["item"]},
+        "target": {"database": "county", "node": "county-110101"}}], node_id="city-110100")
+    cli("slot", "create", "--config", str(up), "--pipeline", "up")
+    cli("slot", "create", "--config", str(down), "--pipeline", "down")
+    pg_exec(county, "INSERT INTO item VALUES (1, 'county', 1, NULL, NULL, NULL)")
+    pg_exec(city, "INSERT INTO item VALUES (2, 'city', 2, NULL, NULL, NULL)")
+    version = "SELECT xmin::text FROM item WHERE id = %s"  # changes whenever the row is written again
+    county_row, city_row = pg_rows(county, version, (1,)), pg_rows(city, version, (2,))
+    for _ in range(3):
+        run_once(up)
+        run_once(down)
+    assert pg_rows(county, SAME) == pg_rows(city, SAME)
+    assert [r[0] for r in pg_rows(county, SAME)] == [1, 2]
+    origins = {r[0] for r in pg_rows(city, "SELECT roname FROM pg_replication_origin")}
+    assert "tiersync:up:county-110101" in origins
+    # nothing came back to where it started: each side's own row was never written again
+    assert pg_rows(county, version, (1,)) == county_row
+    assert pg_rows(city, version, (2,)) == city_row
