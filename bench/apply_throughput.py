@@ -13,7 +13,7 @@ baseline: a subscription on B to a publication on A, disabled while the same
 The change log is VACUUM ANALYZEd before the drain, as autovacuum would have done.
 Both targets are then checked against their source (count and md5 of every row).
 
-Run:  .venv/bin/python bench/apply_throughput.py [--changes 1000000] [--batch-size 5000]
+Run:  .venv/bin/python bench/apply_throughput.py [--changes 1000000] [--batch-size 10000]
       .venv/bin/python bench/apply_throughput.py --changes 50000      # quick run
 """
 
@@ -136,7 +136,7 @@ def run_logical(a: PostgresServer, b: PostgresServer, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--changes", type=int, default=1_000_000, help="row changes to replicate (default 1000000)")
-    parser.add_argument("--batch-size", type=int, default=5000, help="tiersync pipeline batch_size (default 5000)")
+    parser.add_argument("--batch-size", type=int, default=10000, help="tiersync pipeline batch_size (default 10000, the engine default)")
     args = parser.parse_args()
 
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start "

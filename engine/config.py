@@ -125,7 +125,7 @@ class PipelineConfig(_Strict):
     target: TargetConfig
     mappings: list[MappingConfig] = Field(default_factory=list)
     initial_load: bool = Field(default=False, description="copy current rows on first start, then stream")
-    batch_size: int = Field(default=5000, ge=1, le=1_000_000)
+    batch_size: int = Field(default=10000, ge=1, le=1_000_000)
     poll_interval: float = Field(default=1.0, gt=0, le=3600)
 
     def mapping_for(self, table: str) -> MappingConfig | None:

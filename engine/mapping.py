@@ -9,6 +9,7 @@ precomputed column plans.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Callable, Literal
 
 from .casts import caster
@@ -71,6 +72,7 @@ class CompiledMapping:
             self.target_key = tuple(config.key)
         else:
             self.target_key = tuple(renamed.get(c, c) for c in source_key)
+        self._key_getter = _tuple_getter(self.target_key)
 
     def source_key_of_target_key(self) -> Callable[[tuple], tuple] | None:
         """Turns a target key back into its source key, where every target key column is a plain rename."""
@@ -125,7 +127,7 @@ class CompiledMapping:
         return out
 
     def _key_of(self, row: Row) -> tuple:
-        return tuple(row.get(c) for c in self.target_key)
+        return self._key_getter(row)
 
     def map(self, event: ChangeEvent) -> list[TargetChange]:
         """The target changes for one event, in the order they must run."""
@@ -159,3 +161,19 @@ class CompiledMapping:
 
 
 _UNKNOWN = object()
+
+
+def _tuple_getter(columns: tuple[str, ...]) -> Callable[[Row], tuple]:
+    """row → tuple of ``columns`` (None where a column is absent), at C speed when all are present."""
+    if not columns:
+        return lambda row: ()
+    fast = itemgetter(*columns)
+    single = len(columns) == 1
+
+    def get(row: Row) -> tuple:
+        try:
+            value = fast(row)
+        except KeyError:
+            return tuple(row.get(c) for c in columns)
+        return (value,) if single else value
+    return get
