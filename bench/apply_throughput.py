@@ -136,7 +136,8 @@ def run_logical(a: PostgresServer, b: PostgresServer, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--changes", type=int, default=1_000_000, help="row changes to replicate (default 1000000)")
-    parser.add_argument("--batch-size", type=int, default=10000, help="tiersync pipeline batch_size (default 10000, the engine default)")
+    parser.add_argument("--batch-size", type=int, default=10000,
+                        help="tiersync pipeline batch_size (default 10000, the engine default)")
     args = parser.parse_args()
 
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start "
