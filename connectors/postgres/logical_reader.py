@@ -13,6 +13,7 @@ confirmed so the slot does not hold back WAL.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from urllib.parse import quote
@@ -102,7 +103,8 @@ class PostgresLogicalReader(Reader):
         self.relations: dict[int, _RelationPlan | None] = {}
         self.txn: _Txn | None = None
         self._carry: _Txn | None = None
-        self._end_lsns: dict[str, int] = {}  # position handed out → its commit's end LSN (what the slot confirms)
+        self._end_lsns: dict[str, int] = {}
+        self._lock = threading.Lock()  # position handed out → its commit's end LSN (what the slot confirms)
         self._confirm = 0  # end LSN of the newest transaction the target committed
         self._server_end = 0
         self._drain_to = self.conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()[0]
@@ -168,7 +170,8 @@ class PostgresLogicalReader(Reader):
                 if txn is None or txn.skip_all:
                     continue
                 txn.position = PostgresLsnPosition(txn.commit_lsn, 0)
-                self._end_lsns[txn.position.serialise()] = decoded.end_lsn
+                with self._lock:
+                    self._end_lsns[txn.position.serialise()] = decoded.end_lsn
                 if events and not txn.started and txn.origin != batch_origin:
                     self._carry = txn  # one target transaction carries one origin: this one opens the next batch
                     return ReadBatch(events, self.position.serialise())
@@ -281,13 +284,17 @@ class PostgresLogicalReader(Reader):
             self.stream.send_feedback(wal_end)
 
     def acknowledge(self, position: str) -> None:
-        """The target committed up to ``position``; the slot is told on the next read (same thread)."""
-        end = self._end_lsns.pop(position, None)
-        if end is not None and end > self._confirm:
-            self._confirm = end
-        for older in [p for p in self._end_lsns if PostgresLsnPosition.deserialise(p).lsn
-                      <= PostgresLsnPosition.deserialise(position).lsn]:
-            self._confirm = max(self._confirm, self._end_lsns.pop(older))
+        """The target committed up to ``position``; the slot is told on the next read (in the reading thread).
+
+        Called from the applying thread while the next batch is being read: the shared map is locked.
+        A part of a transaction (``applied`` > 0) confirms nothing: the slot moves only past whole ones.
+        """
+        done = PostgresLsnPosition.deserialise(position)
+        with self._lock:
+            for handed in list(self._end_lsns):
+                at = PostgresLsnPosition.deserialise(handed)
+                if at.lsn < done.lsn or (at.lsn == done.lsn and done.applied == 0):
+                    self._confirm = max(self._confirm, self._end_lsns.pop(handed))
 
     def close(self) -> None:
         self.stream.close()

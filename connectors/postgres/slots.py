@@ -89,6 +89,9 @@ def logical_capture_problems(conn: psycopg.Connection, slot: str, publication: s
                 problems.append(f"{table.info.id} is not in publication {publication}: "
                                 f"ALTER PUBLICATION {quote(publication)} ADD TABLE {qualified(table.info.id)}")
     for table in tables:
+        if not table.key:
+            continue  # replicated as history (mode: append): inserts carry everything; PostgreSQL itself
+            # refuses UPDATE and DELETE on a published table that has no replica identity
         (identity,) = conn.execute("SELECT relreplident FROM pg_class WHERE oid = %s::regclass",
                                    (qualified(table.info.id),)).fetchone()
         uses_primary_key = table.key == table.info.primary_key and table.info.primary_key
