@@ -16,13 +16,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
-from operator import itemgetter
 
 from .compaction import compact
 from .errors import RowRejected, TerminalError
 from .event import ChangeEvent, TableId
 from .jsontext import dumps_exact
-from .mapping import TargetChange
+from .mapping import TargetChange, tuple_getter
 from .schema import TableInfo, dependency_order
 from .seams import DeadLetter, TargetSession
 
@@ -142,7 +141,8 @@ class BatchApplier:
             key = list(self._key_columns(group))
             session.delete(group.table, key, [c.key for c in changes])
             return
-        rows = [row_of(c.row) for c in changes] if (row_of := _row_getter(group.columns)) else []
+        row_of = tuple_getter(tuple(group.columns))
+        rows = [row_of(c.row) for c in changes]
         if group.kind == "insert":
             session.insert(group.table, group.columns, rows)
         else:
@@ -170,16 +170,6 @@ class BatchApplier:
         middle = len(changes) // 2
         self._isolate(group, changes[:middle], batch, letters)
         self._isolate(group, changes[middle:], batch, letters)
-
-
-def _row_getter(columns: list[str]):
-    """A C-speed function from a row dict to the tuple of ``columns``."""
-    if not columns:
-        return None
-    if len(columns) == 1:
-        only = columns[0]
-        return lambda row: (row[only],)
-    return itemgetter(*columns)
 
 
 def _dead_letter(batch: Batch, group: _Group, change: TargetChange, error: str) -> DeadLetter:

@@ -72,7 +72,7 @@ class CompiledMapping:
             self.target_key = tuple(config.key)
         else:
             self.target_key = tuple(renamed.get(c, c) for c in source_key)
-        self._key_getter = _tuple_getter(self.target_key)
+        self._key_getter = tuple_getter(self.target_key)
 
     def source_key_of_target_key(self) -> Callable[[tuple], tuple] | None:
         """Turns a target key back into its source key, where every target key column is a plain rename."""
@@ -163,7 +163,7 @@ class CompiledMapping:
 _UNKNOWN = object()
 
 
-def _tuple_getter(columns: tuple[str, ...]) -> Callable[[Row], tuple]:
+def tuple_getter(columns: tuple[str, ...]) -> Callable[[Row], tuple]:
     """row → tuple of ``columns`` (None where a column is absent), at C speed when all are present."""
     if not columns:
         return lambda row: ()

@@ -147,8 +147,7 @@ class PostgresConnector(Connector):
     def load_checkpoint(self, pipeline: str) -> str | None:
         if not self._state_exists():
             return None
-        rows = self._query(f"SELECT position FROM {dialect.quote(self.state_schema)}.tiersync_checkpoint "
-                           f"WHERE pipeline = %s", (pipeline,))
+        rows = self._query(dialect.load_checkpoint_sql(self.state_schema), (pipeline,))
         return rows[0][0] if rows else None
 
     def store_checkpoint(self, pipeline: str, position: str) -> None:
@@ -160,14 +159,10 @@ class PostgresConnector(Connector):
     def dead_letter_count(self, pipeline: str) -> int:
         if not self._state_exists():
             return 0
-        return self._query(f"SELECT count(*) FROM {dialect.quote(self.state_schema)}.tiersync_dead_letter "
-                           f"WHERE pipeline = %s", (pipeline,))[0][0]
+        return self._query(dialect.dead_letter_count_sql(self.state_schema), (pipeline,))[0][0]
 
     def dead_letters(self, pipeline: str, limit: int) -> list[dict]:
         if not self._state_exists():
             return []
-        rows = self._query(f"SELECT id, source_table, target_table, op, key, error, created_at "
-                           f"FROM {dialect.quote(self.state_schema)}.tiersync_dead_letter WHERE pipeline = %s "
-                           f"ORDER BY id LIMIT %s", (pipeline, limit))
-        names = ("id", "source_table", "target_table", "op", "key", "error", "created_at")
-        return [dict(zip(names, r)) for r in rows]
+        rows = self._query(dialect.dead_letters_sql(self.state_schema), (pipeline, limit))
+        return [dict(zip(dialect.DEAD_LETTER_COLUMNS, r)) for r in rows]

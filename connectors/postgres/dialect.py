@@ -196,6 +196,22 @@ def count_sql(table: TableId, where: str | None) -> str:
     return f"SELECT count(*) FROM {qualified(table)}" + (f" WHERE ({where})" if where else "")
 
 
+DEAD_LETTER_COLUMNS = ("id", "source_table", "target_table", "op", "key", "error", "created_at")
+
+
+def load_checkpoint_sql(schema: str) -> str:
+    return f"SELECT position FROM {quote(schema)}.tiersync_checkpoint WHERE pipeline = %s"
+
+
+def dead_letter_count_sql(schema: str) -> str:
+    return f"SELECT count(*) FROM {quote(schema)}.tiersync_dead_letter WHERE pipeline = %s"
+
+
+def dead_letters_sql(schema: str) -> str:
+    return (f"SELECT {', '.join(DEAD_LETTER_COLUMNS)} FROM {quote(schema)}.tiersync_dead_letter "
+            f"WHERE pipeline = %s ORDER BY id LIMIT %s")
+
+
 def save_checkpoint_sql(schema: str) -> str:
     return (f"INSERT INTO {quote(schema)}.tiersync_checkpoint AS c (pipeline, position, batches, changes, updated_at) "
             f"VALUES (%s, %s, 1, %s, now()) ON CONFLICT (pipeline) DO UPDATE SET position = EXCLUDED.position, "
@@ -416,14 +432,14 @@ def json_number(value: Decimal) -> Any:
     return as_float if repr(as_float) == str(value) else value  # 1.10, 1E+20, 0.1234567890123456789 stay Decimal
 
 
-def _walk_json(value: Any) -> Any:
+def json_document(value: Any) -> Any:
     """JSON documents are parsed with exact decimals; a number stays Decimal where a float would change it."""
     if isinstance(value, Decimal):
         return json_number(value)
     if isinstance(value, list):
-        return [_walk_json(v) for v in value]
+        return [json_document(v) for v in value]
     if isinstance(value, dict):
-        return {k: _walk_json(v) for k, v in value.items()}
+        return {k: json_document(v) for k, v in value.items()}
     return value
 
 
@@ -458,7 +474,7 @@ _SCALAR_DECODERS: list[tuple[re.Pattern, Callable[[Any], Any] | None]] = [
     (re.compile(r"^date$"), _keep_text_on_failure(date.fromisoformat)),
     (re.compile(r"^time(\(\d\))? without time zone$"), _keep_text_on_failure(time.fromisoformat)),
     (re.compile(r"^timestamp(\(\d\))? (with|without) time zone$"), _keep_text_on_failure(datetime.fromisoformat)),
-    (re.compile(r"^jsonb?$"), _walk_json),
+    (re.compile(r"^jsonb?$"), json_document),
     (re.compile(r"^bytea$"), _bytea),
     (re.compile(r"^uuid$"), _keep_text_on_failure(UUID)),
 ]

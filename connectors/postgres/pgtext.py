@@ -21,7 +21,7 @@ import psycopg
 from psycopg import pq
 
 from .connection import parse_image
-from .dialect import _walk_json
+from .dialect import json_document
 
 WALSENDER_OPTIONS = ("-c datestyle=ISO,YMD -c intervalstyle=postgres -c extra_float_digits=1 "
                      "-c bytea_output=hex -c timezone=UTC")
@@ -47,7 +47,7 @@ def _bytea(text: str) -> bytes:
 
 
 def _json(text: str) -> Any:
-    return _walk_json(parse_image(text))
+    return json_document(parse_image(text))
 
 
 _SCALARS: dict[int, Callable[[str], Any] | None] = {

@@ -87,7 +87,6 @@ class PostgresSession(TargetSession):
         self._run(f"ROLLBACK TO SAVEPOINT tiersync_{self._savepoints}")
         self._origin = "\0unknown"  # set_config was rolled back too
         self._stages -= self._created_in_txn  # so may a staging table be (CREATE … IF NOT EXISTS runs again)
-        self._used_in_txn |= self._created_in_txn
 
     def release_savepoint(self) -> None:
         self._run(f"RELEASE SAVEPOINT tiersync_{self._savepoints}")

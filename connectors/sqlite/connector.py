@@ -49,15 +49,14 @@ class SqliteConnector(Connector):
         return TableId(None, TableId.parse(name).name)  # SQLite has a single schema
 
     def describe(self, table: TableId) -> TableInfo | None:
-        if not self._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table.name,)):
+        if not self._query(dialect.TABLE_EXISTS_SQL, (table.name,)):
             return None
-        rows = self._query("SELECT name, type, \"notnull\", pk, hidden FROM pragma_table_xinfo(?)", (table.name,))
+        rows = self._query(dialect.COLUMNS_SQL, (table.name,))
         columns = tuple(ColumnInfo(name, type_, not notnull, hidden in (2, 3))
                         for name, type_, notnull, _, hidden in rows
                         if hidden != 1)
         key = tuple(name for name, *_ , pk, hidden in sorted(rows, key=lambda r: r[3]) if pk)
-        parents = frozenset(TableId(None, r[0]) for r in self._query("SELECT \"table\" FROM pragma_foreign_key_list(?)",
-                                                                      (table.name,)))
+        parents = frozenset(TableId(None, r[0]) for r in self._query(dialect.PARENTS_SQL, (table.name,)))
         return TableInfo(table, columns, key, parents)
 
     def unique_keys(self, table: TableId) -> list[tuple[str, ...]]:
@@ -65,11 +64,9 @@ class SqliteConnector(Connector):
         info = self.describe(table)
         if info and info.primary_key:
             keys.append(info.primary_key)
-        for name, unique in self._query("SELECT name, \"unique\" FROM pragma_index_list(?) WHERE partial = 0",
-                                        (table.name,)):
+        for name, unique in self._query(dialect.UNIQUE_INDEXES_SQL, (table.name,)):
             if unique:
-                keys.append(tuple(r[0] for r in self._query("SELECT name FROM pragma_index_info(?) ORDER BY seqno",
-                                                             (name,))))
+                keys.append(tuple(r[0] for r in self._query(dialect.INDEX_COLUMNS_SQL, (name,))))
         return keys
 
     def trigger_capture(self, node_id: str, consumer: str | None = None) -> TriggerCapture:
@@ -88,11 +85,11 @@ class SqliteConnector(Connector):
 
     def progress(self, source: SourceConfig, consumer: str, tables: list[TableId],
                  position: str | None) -> SourceProgress:
-        if not self._query("SELECT 1 FROM sqlite_master WHERE name = 'tiersync_change_log'"):
+        if not self._has("tiersync_change_log"):
             return SourceProgress(0, None, "no change log")
         last_id = SqliteLogPosition.deserialise(position).last_id if position else 0
         count, oldest = self._query(dialect.PENDING_SQL, (last_id, json.dumps([str(t) for t in tables])))[0]
-        head = self._query("SELECT coalesce(max(id), 0) FROM tiersync_change_log")[0][0]
+        head = self._query(dialect.LOG_HEAD_SQL)[0][0]
         return SourceProgress(count, datetime.fromisoformat(oldest.replace("Z", "+00:00")) if oldest else None,
                               f"change-log id {head}")
 
@@ -113,7 +110,7 @@ class SqliteConnector(Connector):
         return SqliteTableScanner(self.url, table)
 
     def load_snapshot_progress(self, pipeline: str, table: str) -> SnapshotProgress | None:
-        if not self._query("SELECT 1 FROM sqlite_master WHERE name = 'tiersync_snapshot'"):
+        if not self._has("tiersync_snapshot"):
             return None
         rows = self._query(dialect.LOAD_SNAPSHOT_SQL, (pipeline, table))
         if not rows:
@@ -122,12 +119,15 @@ class SqliteConnector(Connector):
         return SnapshotProgress(json.loads(last_key) if last_key else None, count, bool(done))
 
     def _state_exists(self) -> bool:
-        return bool(self._query("SELECT 1 FROM sqlite_master WHERE name = 'tiersync_checkpoint'"))
+        return self._has("tiersync_checkpoint")
+
+    def _has(self, table: str) -> bool:
+        return bool(self._query(dialect.TABLE_EXISTS_SQL, (table,)))
 
     def load_checkpoint(self, pipeline: str) -> str | None:
         if not self._state_exists():
             return None
-        rows = self._query("SELECT position FROM tiersync_checkpoint WHERE pipeline = ?", (pipeline,))
+        rows = self._query(dialect.LOAD_CHECKPOINT_SQL, (pipeline,))
         return rows[0][0] if rows else None
 
     def store_checkpoint(self, pipeline: str, position: str) -> None:
@@ -141,15 +141,13 @@ class SqliteConnector(Connector):
     def dead_letter_count(self, pipeline: str) -> int:
         if not self._state_exists():
             return 0
-        return self._query("SELECT count(*) FROM tiersync_dead_letter WHERE pipeline = ?", (pipeline,))[0][0]
+        return self._query(dialect.DEAD_LETTER_COUNT_SQL, (pipeline,))[0][0]
 
     def dead_letters(self, pipeline: str, limit: int) -> list[dict]:
         if not self._state_exists():
             return []
-        rows = self._query("SELECT id, source_table, target_table, op, key, error, created_at FROM "
-                           "tiersync_dead_letter WHERE pipeline = ? ORDER BY id LIMIT ?", (pipeline, limit))
-        names = ("id", "source_table", "target_table", "op", "key", "error", "created_at")
-        return [dict(zip(names, r)) for r in rows]
+        rows = self._query(dialect.DEAD_LETTERS_SQL, (pipeline, limit))
+        return [dict(zip(dialect.DEAD_LETTER_COLUMNS, r)) for r in rows]
 
     @property
     def path(self) -> str:

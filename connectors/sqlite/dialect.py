@@ -120,6 +120,21 @@ def count_sql(table: TableId, where: str | None) -> str:
     return f"SELECT count(*) FROM {quote(table.name)}" + (f" WHERE ({where})" if where else "")
 
 
+# catalog
+TABLE_EXISTS_SQL = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+COLUMNS_SQL = 'SELECT name, type, "notnull", pk, hidden FROM pragma_table_xinfo(?)'
+PARENTS_SQL = 'SELECT "table" FROM pragma_foreign_key_list(?)'
+UNIQUE_INDEXES_SQL = 'SELECT name, "unique" FROM pragma_index_list(?) WHERE partial = 0'
+INDEX_COLUMNS_SQL = "SELECT name FROM pragma_index_info(?) ORDER BY seqno"
+
+# tiersync's own tables
+LOG_HEAD_SQL = "SELECT coalesce(max(id), 0) FROM tiersync_change_log"
+LOAD_CHECKPOINT_SQL = "SELECT position FROM tiersync_checkpoint WHERE pipeline = ?"
+DEAD_LETTER_COLUMNS = ("id", "source_table", "target_table", "op", "key", "error", "created_at")
+DEAD_LETTER_COUNT_SQL = "SELECT count(*) FROM tiersync_dead_letter WHERE pipeline = ?"
+DEAD_LETTERS_SQL = (f"SELECT {', '.join(DEAD_LETTER_COLUMNS)} FROM tiersync_dead_letter WHERE pipeline = ? "
+                    f"ORDER BY id LIMIT ?")
+
 SAVE_CHECKPOINT_SQL = (
     "INSERT INTO tiersync_checkpoint (pipeline, position, batches, changes) VALUES (?, ?, 1, ?) "
     "ON CONFLICT (pipeline) DO UPDATE SET position = excluded.position, batches = batches + 1, "

@@ -32,7 +32,7 @@ class SqliteTriggerCapture(TriggerCapture):
         return installed
 
     def _log_exists(self) -> bool:
-        return bool(self._query("SELECT 1 FROM sqlite_master WHERE name = 'tiersync_change_log'"))
+        return bool(self._query(dialect.TABLE_EXISTS_SQL, ("tiersync_change_log",)))
 
     def install_statements(self, tables: list[CapturedTable]) -> list[str]:
         statements = list(dialect.CHANGE_LOG_DDL)
@@ -54,7 +54,7 @@ class SqliteTriggerCapture(TriggerCapture):
             statements.append(f"DELETE FROM tiersync_consumer WHERE name = {dialect.literal(self.consumer)}")
         if not remaining:
             statements += dialect.DROP_CHANGE_LOG_DDL
-            if not self._query("SELECT 1 FROM sqlite_master WHERE name = 'tiersync_checkpoint'"):
+            if not self._query(dialect.TABLE_EXISTS_SQL, ("tiersync_checkpoint",)):
                 statements.append("DROP TABLE IF EXISTS tiersync_apply_origin")  # not a target: not needed
         return statements
 
