@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Callable
 from uuid import UUID
 
 
@@ -51,3 +51,25 @@ def _exact(value: Any) -> str:
     if isinstance(value, (list, tuple, set, frozenset)):
         return "[" + ", ".join(_exact(v) for v in value) + "]"
     return json.dumps(value, default=json_default, ensure_ascii=False)
+
+
+def column_decoders(columns, value_decoder: Callable[[str], Callable[[Any], Any] | None]) -> dict:
+    """Column name → function turning its JSON image value into a Python value (only where one is needed)."""
+    return {c.name: d for c in columns if (d := value_decoder(c.type)) is not None}
+
+
+def decode_row(image: dict | None, decoders: dict, undeclared_decimal: Callable[[Decimal], Any] | None = None):
+    """A parsed JSON row image with each column's decoder applied; NULL stays None.
+
+    ``undeclared_decimal`` converts numbers parsed as Decimal in columns that have no decoder.
+    """
+    if image is None:
+        return None
+    for column, value in image.items():
+        if value is not None:
+            decode = decoders.get(column)
+            if decode is not None:
+                image[column] = decode(value)
+            elif undeclared_decimal is not None and isinstance(value, Decimal):
+                image[column] = undeclared_decimal(value)
+    return image

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import psycopg
 
+from engine.jsontext import column_decoders, decode_row
 from engine.seams import CapturedTable, TableScanner
 
 from . import dialect
@@ -12,19 +13,12 @@ from .errors import translate
 
 
 def image_decoders(table: CapturedTable) -> dict:
-    """Column → function turning a JSON image value into its Python value (see dialect.value_decoder)."""
-    return {c.name: d for c in table.info.columns if (d := dialect.value_decoder(c.type)) is not None}
+    return column_decoders(table.info.columns, dialect.value_decoder)
 
 
 def decode_image(text: str | None, decoders: dict):
-    image = parse_image(text)
-    if image is None:
-        return None
-    for column, decode in decoders.items():
-        value = image.get(column)
-        if value is not None:
-            image[column] = decode(value)
-    return image
+    """A row image written by a capture trigger (or a snapshot read) as Python values."""
+    return decode_row(parse_image(text), decoders)
 
 
 class PostgresTableScanner(TableScanner):

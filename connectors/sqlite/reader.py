@@ -8,6 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from engine.event import ChangeEvent, Op, TableId
+from engine.jsontext import column_decoders, decode_row
 from engine.seams import CapturedTable, ReadBatch, Reader, same_origin_prefix
 
 from . import dialect
@@ -21,23 +22,12 @@ _IMAGE_DECODER = json.JSONDecoder(parse_float=Decimal)
 
 
 def image_decoders(table: CapturedTable) -> dict:
-    """Column → function turning a JSON image value into its Python value (see dialect.value_decoder)."""
-    return {c.name: d for c in table.info.columns if (d := dialect.value_decoder(c.type)) is not None}
+    return column_decoders(table.info.columns, dialect.value_decoder)
 
 
 def decode_image(text: str | None, decoders: dict):
     """A row image written by a capture trigger (or a snapshot read) as Python values."""
-    if text is None:
-        return None
-    image = _IMAGE_DECODER.decode(text)
-    for column, value in image.items():
-        if value is not None:
-            decode = decoders.get(column)
-            if decode is not None:
-                image[column] = decode(value)
-            elif isinstance(value, Decimal):
-                image[column] = float(value)
-    return image
+    return None if text is None else decode_row(_IMAGE_DECODER.decode(text), decoders, float)
 
 
 class SqliteChangeLogReader(Reader):
