@@ -11,41 +11,9 @@ from dataclasses import asdict
 
 import click
 
-from engine.config import Config, load_config
+from engine.config import Config
 from engine.errors import ConfigError, TiersyncError, TransientError
-
-
-def _fail(message: str, code: int = 1) -> None:
-    click.secho(message, fg="red", err=True)
-    sys.exit(code)
-
-
-def _load(path: str) -> Config:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        click.secho(f"{len(exc.problems)} problem(s) in the configuration:", fg="red", err=True)
-        for problem in exc.problems:
-            click.echo(f"  {problem}", err=True)
-        sys.exit(2)
-
-
-def _guard(action):
-    """Run ``action`` and turn tiersync errors into a message and an exit code."""
-    try:
-        return action()
-    except ConfigError as exc:
-        click.secho(f"{len(exc.problems)} problem(s):", fg="red", err=True)
-        for problem in exc.problems:
-            click.echo(f"  {problem}", err=True)
-        sys.exit(2)
-    except TiersyncError as exc:
-        _fail(str(exc))
-
-
-config_option = click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
-                             help="the node's YAML file")
-pipeline_option = click.option("--pipeline", "pipeline_name", required=True, help="pipeline name")
+from ops.cliutil import config_option, fail, guard, load_node, pipeline_option
 
 
 @click.group()
@@ -65,7 +33,7 @@ def check(config_path: str, offline: bool) -> None:
     """Validate the configuration, and with the databases reachable, every table, column and key it names."""
     from engine.plan import build_plan
 
-    config = _load(config_path)
+    config = load_node(config_path)
     if offline:
         click.echo(f"{config_path}: valid ({len(config.pipelines)} pipeline(s))")
         return
@@ -115,7 +83,7 @@ def _capture(config: Config, pipeline_name: str, need_tables: bool = True):
 @click.option("--uninstall", is_flag=True, help="show the statements uninstall would run instead")
 def triggers_sql(config_path: str, pipeline_name: str, uninstall: bool) -> None:
     """Print every statement install (or uninstall) would run; change nothing."""
-    config = _load(config_path)
+    config = load_node(config_path)
 
     def show():
         source, pipeline, tables = _capture(config, pipeline_name, need_tables=not uninstall)
@@ -128,7 +96,7 @@ def triggers_sql(config_path: str, pipeline_name: str, uninstall: bool) -> None:
                    f"on database {pipeline.source.database}; nothing has been run")
         for statement in statements:
             click.echo(statement.rstrip() + ";\n")
-    _guard(show)
+    guard(show)
 
 
 @triggers.command("install")
@@ -136,7 +104,7 @@ def triggers_sql(config_path: str, pipeline_name: str, uninstall: bool) -> None:
 @pipeline_option
 def triggers_install(config_path: str, pipeline_name: str) -> None:
     """Create the change log and one trigger set per captured table (safe to run again)."""
-    config = _load(config_path)
+    config = load_node(config_path)
 
     def install():
         source, pipeline, tables = _capture(config, pipeline_name)
@@ -145,7 +113,7 @@ def triggers_install(config_path: str, pipeline_name: str) -> None:
         for table in tables:
             key = ", ".join(table.key) if table.key else "none (append)"
             click.echo(f"capture installed on {table.info.id} (key: {key})")
-    _guard(install)
+    guard(install)
 
 
 @triggers.command("uninstall")
@@ -154,7 +122,7 @@ def triggers_install(config_path: str, pipeline_name: str) -> None:
 @click.option("--force", is_flag=True, help="remove capture even though changes are still pending")
 def triggers_uninstall(config_path: str, pipeline_name: str, force: bool) -> None:
     """Remove every object install created for this pipeline's tables, and nothing else."""
-    config = _load(config_path)
+    config = load_node(config_path)
 
     def uninstall():
         source, pipeline, _ = _capture(config, pipeline_name, need_tables=False)
@@ -162,11 +130,11 @@ def triggers_uninstall(config_path: str, pipeline_name: str, force: bool) -> Non
         tables = [source.qualify(t) for t in pipeline.source.tables]
         pending = sum(s.pending for s in capture.status(tables))
         if pending and not force:
-            _fail(f"{pending} change(s) are still pending for these tables; run the pipeline first, "
+            fail(f"{pending} change(s) are still pending for these tables; run the pipeline first, "
                   f"or pass --force to drop them")
         capture.execute(capture.uninstall_statements(tables))
         click.echo(f"capture removed from {', '.join(str(t) for t in tables)}")
-    _guard(uninstall)
+    guard(uninstall)
 
 
 @triggers.command("status")
@@ -176,7 +144,7 @@ def triggers_status(config_path: str, pipeline_name: str) -> None:
     """Per table: capture installed or not, pending changes, age of the oldest pending change."""
     from datetime import datetime, timezone
 
-    config = _load(config_path)
+    config = load_node(config_path)
 
     def status():
         source, pipeline, _ = _capture(config, pipeline_name, need_tables=False)
@@ -188,7 +156,7 @@ def triggers_status(config_path: str, pipeline_name: str) -> None:
             if row.oldest_pending is not None:
                 age = f"{(datetime.now(timezone.utc) - row.oldest_pending).total_seconds():.1f}s"
             click.echo(f"{str(row.table):40} {'yes' if row.installed else 'no':9} {row.pending:>9} {age:>12}")
-    _guard(status)
+    guard(status)
 
 
 # ------------------------------------------------------------------ logical replication slots
@@ -217,14 +185,14 @@ def _slots(config: Config, pipeline_name: str):
 @click.option("--drop", is_flag=True, help="show what `slot drop` would run instead")
 def slot_sql(config_path: str, pipeline_name: str, drop: bool) -> None:
     """Print the statements `slot create` (or `slot drop`) would run; change nothing."""
-    config = _load(config_path)
+    config = load_node(config_path)
 
     def show():
         source, pipeline, admin = _slots(config, pipeline_name)
         tables = [source.qualify(t) for t in pipeline.source.tables]
         for statement in admin.drop_statements() if drop else admin.create_statements(tables):
             click.echo(statement + ";")
-    _guard(show)
+    guard(show)
 
 
 @slot.command("create")
@@ -232,14 +200,14 @@ def slot_sql(config_path: str, pipeline_name: str, drop: bool) -> None:
 @pipeline_option
 def slot_create(config_path: str, pipeline_name: str) -> None:
     """Create (or extend) the publication and create the slot; changes after this are captured."""
-    config = _load(config_path)
+    config = load_node(config_path)
 
     def create():
         source, pipeline, admin = _slots(config, pipeline_name)
         admin.execute(admin.create_statements([source.qualify(t) for t in pipeline.source.tables]))
         status = admin.status()
         click.echo(f"slot {admin.slot} ready at {status.confirmed_flush_lsn}; publication {admin.publication}")
-    _guard(create)
+    guard(create)
 
 
 @slot.command("drop")
@@ -247,13 +215,13 @@ def slot_create(config_path: str, pipeline_name: str) -> None:
 @pipeline_option
 def slot_drop(config_path: str, pipeline_name: str) -> None:
     """Drop the slot (so it stops holding WAL) and the publication."""
-    config = _load(config_path)
+    config = load_node(config_path)
 
     def drop():
         _, _, admin = _slots(config, pipeline_name)
         admin.execute(admin.drop_statements())
         click.echo(f"slot {admin.slot} and publication {admin.publication} dropped")
-    _guard(drop)
+    guard(drop)
 
 
 @slot.command("status")
@@ -261,20 +229,20 @@ def slot_drop(config_path: str, pipeline_name: str) -> None:
 @pipeline_option
 def slot_status(config_path: str, pipeline_name: str) -> None:
     """Whether the slot is active, its confirmed flush LSN and how much WAL it holds."""
-    config = _load(config_path)
+    config = load_node(config_path)
 
     def show():
         _, pipeline, admin = _slots(config, pipeline_name)
         status = admin.status()
         if status is None:
-            _fail(f"slot {admin.slot} does not exist; create it with `tiersync slot create`")
+            fail(f"slot {admin.slot} does not exist; create it with `tiersync slot create`")
         retained = (status.retained_wal_bytes or 0)
         click.echo(f"slot {status.name}: {'active' if status.active else 'inactive'}, "
                    f"confirmed flush {status.confirmed_flush_lsn}, restart {status.restart_lsn}, "
                    f"WAL held {retained} bytes ({retained / 1048576:.1f} MB), wal_status {status.wal_status}")
         if retained > pipeline.source.max_retained_wal_mb * 1048576:
             click.secho(f"warning: over max_retained_wal_mb={pipeline.source.max_retained_wal_mb}", fg="yellow")
-    _guard(show)
+    guard(show)
 
 
 # ------------------------------------------------------------------ running
@@ -287,9 +255,9 @@ def run(config_path: str, pipeline_name: str | None, once: bool) -> None:
     """Run the node's pipelines until SIGTERM/SIGINT (or, with --once, until nothing is pending)."""
     from engine.node import run_node
 
-    config = _load(config_path)
+    config = load_node(config_path)
     names = [pipeline_name] if pipeline_name else [p.name for p in config.pipelines]
-    _guard(lambda: [config.pipeline(n) for n in names])
+    guard(lambda: [config.pipeline(n) for n in names])
     stop = threading.Event()
 
     def on_signal(signum, _frame):
@@ -312,7 +280,7 @@ def status(config_path: str, as_json: bool) -> None:
     """Each pipeline's source position, applied position, pending changes, lag and dead letters."""
     from engine.node import pipeline_status
 
-    config = _load(config_path)
+    config = load_node(config_path)
     rows = [pipeline_status(config, p.name) for p in config.pipelines]
     if as_json:
         click.echo(json.dumps([asdict(r) for r in rows], indent=2))
@@ -351,8 +319,8 @@ def _target(config: Config, pipeline_name: str):
 @pipeline_option
 def checkpoint_show(config_path: str, pipeline_name: str) -> None:
     """Print the position the pipeline resumes from."""
-    config = _load(config_path)
-    click.echo(_guard(lambda: _target(config, pipeline_name).load_checkpoint(pipeline_name)) or "(none)")
+    config = load_node(config_path)
+    click.echo(guard(lambda: _target(config, pipeline_name).load_checkpoint(pipeline_name)) or "(none)")
 
 
 @checkpoint.command("set")
@@ -364,15 +332,15 @@ def checkpoint_set(config_path: str, pipeline_name: str, position: str) -> None:
     from engine.position import parse_position
     from engine.registry import connector_for
 
-    config = _load(config_path)
+    config = load_node(config_path)
     pipeline = config.pipeline(pipeline_name)
     source_db = config.databases[pipeline.source.database]
     connector_for(source_db.url)  # loads the source's position kinds
     try:
         parse_position(position)
     except ValueError as exc:
-        _fail(str(exc), 2)
-    _guard(lambda: _target(config, pipeline_name).store_checkpoint(pipeline_name, position))
+        fail(str(exc), 2)
+    guard(lambda: _target(config, pipeline_name).store_checkpoint(pipeline_name, position))
     click.echo(f"checkpoint of {pipeline_name} set to {position}")
 
 
@@ -382,8 +350,8 @@ def checkpoint_set(config_path: str, pipeline_name: str, position: str) -> None:
 @click.option("--limit", default=50, show_default=True)
 def dead_letters(config_path: str, pipeline_name: str, limit: int) -> None:
     """List rows the target refused, with the reason."""
-    config = _load(config_path)
-    letters = _guard(lambda: _target(config, pipeline_name).dead_letters(pipeline_name, limit))
+    config = load_node(config_path)
+    letters = guard(lambda: _target(config, pipeline_name).dead_letters(pipeline_name, limit))
     for letter in letters:
         click.echo(f"#{letter['id']} {letter['created_at']} {letter['source_table']} → {letter['target_table']} "
                    f"op={letter['op']} key={letter['key']}: {letter['error']}")
@@ -400,7 +368,7 @@ def demo(directory: str | None) -> None:
     try:
         run_demo(directory)
     except TransientError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @main.command()
@@ -421,8 +389,8 @@ def snapshot(config_path: str, pipeline_name: str, tables: tuple[str, ...], wher
     from engine.plan import build_plan
     from engine.snapshot import Snapshot
 
-    config = _load(config_path)
-    plan = _guard(lambda: build_plan(config, config.pipeline(pipeline_name)))
+    config = load_node(config_path)
+    plan = guard(lambda: build_plan(config, config.pipeline(pipeline_name)))
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]:>9} rows/s"), TimeRemainingColumn())
     with Progress(*columns, disable=not sys.stderr.isatty()) as bar:
@@ -439,7 +407,7 @@ def snapshot(config_path: str, pipeline_name: str, tables: tuple[str, ...], wher
             rate = (rows - rows0) / max(time.monotonic() - t0, 1e-6)
             bar.update(tasks[table], completed=rows, total=max(total, rows), rate=f"{rate:,.0f}")
 
-        loads = _guard(lambda: Snapshot(plan, list(tables) or None, where, chunk_rows, on_progress).run())
+        loads = guard(lambda: Snapshot(plan, list(tables) or None, where, chunk_rows, on_progress).run())
     plan.close()
     for load in loads:
         extra = f", {load.extras_deleted} extra target rows removed" if load.extras_deleted else ""

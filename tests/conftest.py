@@ -45,3 +45,21 @@ def pg_logical_databases(pg_logical_server, pg_server):
     n = next(_counter)
     return (pg_logical_server.create_database(f"lsrc_{os.getpid()}_{n}"),
             pg_server.create_database(f"ldst_{os.getpid()}_{n}"))
+
+
+@pytest.fixture(scope="session")
+def maria_server():
+    """A MariaDB server with binlog on (ROW, full image, full metadata), for trigger and binlog capture."""
+    from tests.harness.mariadb import MariaDBServer
+
+    server = MariaDBServer().init().start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def maria_databases(maria_server):
+    """A fresh pair of MariaDB databases (county, city) for one test."""
+    n = next(_counter)
+    return (maria_server.create_database(f"county_{os.getpid()}_{n}"),
+            maria_server.create_database(f"city_{os.getpid()}_{n}"))
