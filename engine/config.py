@@ -94,8 +94,8 @@ class SourceConfig(_Strict):
     slot: str | None = Field(default=None, pattern=r"^[a-z0-9_]{1,63}$",
                              description="logical capture: replication slot (default tiersync_<pipeline>)")
     publication: str | None = Field(default=None, description="logical capture: publication (default as the slot)")
-    split_transactions: bool = Field(default=False, description="logical capture: let a source transaction "
-                                                                 "larger than a batch commit in parts")
+    split_transactions: bool = Field(default=False, description="let a source transaction larger than a "
+                                                                 "batch commit in parts")
     max_retained_wal_mb: int = Field(default=1024, ge=1, description="status warns above this much held WAL")
 
     def slot_name(self, pipeline: str, database: str) -> str:

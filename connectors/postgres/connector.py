@@ -74,7 +74,8 @@ class PostgresConnector(Connector):
 
             return PostgresLogicalReader(self.url, self._slot(source, consumer), source.publication_name(consumer),
                                          tables, start, node_id, source.split_transactions)
-        return PostgresChangeLogReader(self.url, self.state_schema, consumer, tables, start, node_id)
+        return PostgresChangeLogReader(self.url, self.state_schema, consumer, tables, start, node_id,
+                                       source.split_transactions)
 
     def _slot(self, source: SourceConfig, consumer: str) -> str:
         return source.slot_name(consumer, conninfo_to_dict(self.url).get("dbname", "postgres"))

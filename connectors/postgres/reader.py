@@ -23,11 +23,19 @@ SWEEP_INTERVAL = 300.0  # seconds between full purges of rows no batch window co
 
 
 class PostgresChangeLogReader(Reader):
-    """One consumer's view of the change log: reads ranges of finished transactions, purges on acknowledge."""
+    """One consumer's view of the change log: reads ranges of finished transactions, purges on acknowledge.
+
+    A batch is the rows of one snapshot window (every transaction that committed between two snapshots).
+    A window larger than a batch is handed over in parts (``more``) that the target applies in one
+    transaction, so it never shows part of a source transaction — unless ``split_transactions`` allows
+    it, or the origin changes inside the window (one target transaction carries one origin).
+    """
 
     def __init__(self, url: str, schema: str, consumer: str, tables: list[CapturedTable],
-                 start: str | None, node_id: str):
+                 start: str | None, node_id: str, split_transactions: bool = False):
         self.url, self.schema, self.consumer, self.node_id = url, schema, consumer, node_id
+        self.split = split_transactions
+        self._open_from: int | None = None  # first change-log id of a window handed over in parts
         self.tables = {str(t.info.id): t for t in tables}
         self.table_names = list(self.tables)
         self.decoders = {name: image_decoders(t) for name, t in self.tables.items()}
@@ -61,15 +69,25 @@ class PostgresChangeLogReader(Reader):
     def read(self, max_events: int) -> ReadBatch:
         position = self.position
         for _ in range(2):  # at most: finish the current batch, then open the next one
-            rows = same_origin_prefix(self._execute(dialect.read_sql(self.schema),
-                                                    dict(self._params(position), limit=max_events)).fetchall(), 6)
+            fetched = self._execute(dialect.read_sql(self.schema),
+                                    dict(self._params(position), limit=max_events)).fetchall()
+            rows = same_origin_prefix(fetched, 6)
             if rows:
                 events = [self._event(row) for row in rows]
                 position = PostgresLogPosition(position.prev, position.cur, rows[-1][0])
                 self.position = position
                 serialised = position.serialise()
-                self._windows[serialised] = rows[0][0]
-                return ReadBatch(events, serialised)
+                # a full batch of one origin: the window may go on, and the target transaction with it
+                more = len(fetched) == max_events and len(rows) == len(fetched) and not self.split
+                first_id = rows[0][0] if self._open_from is None else self._open_from
+                self._open_from = first_id if more else None
+                if not more:
+                    self._windows[serialised] = first_id
+                return ReadBatch(events, serialised, more=more)
+            if self._open_from is not None:  # the window handed over in parts had nothing more: commit it
+                serialised = position.serialise()
+                self._windows[serialised], self._open_from = self._open_from, None
+                return ReadBatch([], serialised, ends_transaction=True)
             snapshot = self._execute(dialect.SNAPSHOT_SQL).fetchone()[0]
             if snapshot == position.cur:
                 if not self._swept_since_ack:  # idle: a good moment to clear what windows missed

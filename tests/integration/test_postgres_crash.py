@@ -73,6 +73,23 @@ def test_long_transaction_committing_last_is_not_skipped(two_pipelines):
     assert pg_rows(target, "SELECT label FROM item WHERE id = 2") == [("long transaction",)]
 
 
+def test_a_source_transaction_larger_than_a_batch_commits_whole(two_pipelines):
+    """A transaction of 100 rows through batches of 37: the target never commits a part of it."""
+    config, source, target = two_pipelines
+    # at every target commit, the mirrored table holds whole source transactions only (multiples of 100 rows)
+    pg_exec(target, """CREATE FUNCTION whole() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN IF (SELECT count(*) FROM item) % 100 <> 0 THEN
+            RAISE EXCEPTION 'part of a source transaction committed: % rows', (SELECT count(*) FROM item);
+        END IF; RETURN NULL; END $$""",
+            "CREATE CONSTRAINT TRIGGER whole AFTER INSERT ON item DEFERRABLE INITIALLY DEFERRED "
+            "FOR EACH ROW EXECUTE FUNCTION whole()")
+    pg_exec(source, "INSERT INTO item SELECT g, 'a', g, NULL FROM generate_series(1, 100) g",
+            "INSERT INTO item SELECT g, 'b', g, NULL FROM generate_series(101, 300) g")
+    run_once(config, "mirror")
+    assert pg_rows(target, "SELECT count(*) FROM item") == [(300,)]
+    assert pg_rows(source, "SELECT * FROM item ORDER BY id") == pg_rows(target, "SELECT * FROM item ORDER BY id")
+
+
 def test_commit_order_beats_transaction_id_order(two_pipelines):
     """A lower transaction id committing after a higher one on the same row must still be applied last."""
     config, source, target = two_pipelines
