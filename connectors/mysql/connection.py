@@ -31,9 +31,18 @@ def connect_args(url: str) -> dict:
             args["unix_socket"] = value
         elif key in ("connect_timeout", "read_timeout", "write_timeout"):
             args[key] = int(value)
+        elif key == "zero_dates":  # read by zero_dates_kept, not a connection argument
+            if value not in ("null", "keep"):
+                raise ValueError(f"zero_dates must be null or keep, not {value!r}, in {redact_url(url)}")
         else:
             raise ValueError(f"unknown option {key!r} in {redact_url(url)}")
     return args
+
+
+def zero_dates_kept(url: str) -> bool:
+    """``?zero_dates=keep``: zero dates travel as their text (the target decides) instead of as NULL."""
+    connect_args(url)
+    return dict(parse_qsl(urlsplit(url).query)).get("zero_dates", "null") == "keep"
 
 
 def database_of(url: str) -> str | None:
