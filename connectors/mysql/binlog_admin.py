@@ -86,9 +86,14 @@ def read_server(conn) -> ServerBinlog:
         if settings.get("log_bin", "OFF").upper() not in ("ON", "1"):
             return server
         try:
-            cur.execute("SHOW BINARY LOG STATUS")
-        except pymysql.err.ProgrammingError:
-            cur.execute("SHOW MASTER STATUS")
+            try:
+                cur.execute("SHOW BINARY LOG STATUS")
+            except pymysql.err.ProgrammingError:
+                cur.execute("SHOW MASTER STATUS")
+        except pymysql.err.OperationalError as exc:
+            if exc.args and exc.args[0] in (1227, 1142):
+                return server  # no privilege to see it: reported by the privilege check
+            raise
         row = cur.fetchone()
         if row:
             server.file, server.pos = row[0], int(row[1])

@@ -150,6 +150,12 @@ def _clock(fraction_digits: int):
     def convert(value):
         """A TIME within a day as a time; MySQL's interval-like TIME (negative, over 24 h) as MySQL's text."""
         if isinstance(value, timedelta):
+            if value < timedelta(0) and value.microseconds:
+                # python-mysql-replication 1.0.17 reads a negative TIME2's fraction as its complement
+                # (-00:00:01.25 comes as -00:00:01.75): undo it
+                magnitude = -value // _MICRO
+                whole, fraction = divmod(magnitude, 1_000_000)
+                value = -timedelta(seconds=whole, microseconds=1_000_000 - fraction)
             if timedelta(0) <= value < _DAY:
                 return (datetime.min + value).time()
             sign = "-" if value < timedelta(0) else ""
@@ -162,6 +168,7 @@ def _clock(fraction_digits: int):
 
 
 _DAY = timedelta(days=1)
+_MICRO = timedelta(microseconds=1)
 _CONVERTERS = {
     FIELD_TYPE.FLOAT: _float32,
     FIELD_TYPE.TIMESTAMP: _utc,
@@ -241,7 +248,7 @@ class MysqlBinlogReader(Reader):
 
     def _open_stream(self) -> BinLogStreamReader:
         args = connect_args(self.url)
-        settings = {"host": args["host"], "port": args["port"], "user": args["user"], "passwd": args["password"],
+        settings = {"host": args["host"], "port": args["port"], "user": args["user"], "password": args["password"],
                     "charset": "utf8mb4", "connect_timeout": args["connect_timeout"],
                     "read_timeout": max(int(self.watchdog), 1)}
         if "unix_socket" in args:
@@ -292,7 +299,7 @@ class MysqlBinlogReader(Reader):
         while True:
             txn = self.txn
             if txn is not None and len(txn.events) >= max_events:  # a transaction larger than a batch
-                return self._hand_over_part(events, txn)
+                return self._hand_over_part(events, txn, max_events)
             if txn is not None and events and len(events) + len(txn.events) >= max_events:
                 return self._handed_out(ReadBatch(events, self.position.serialise()))
             if txn is None and time.monotonic() >= deadline:
@@ -357,13 +364,14 @@ class MysqlBinlogReader(Reader):
             return self._handed_out(ReadBatch(events, self.position.serialise(), ends_transaction=True))
         return ReadBatch(events, self.position.serialise(), caught_up=caught_up)
 
-    def _hand_over_part(self, events: list, txn: _Txn) -> ReadBatch:
-        """Part of a transaction larger than a batch."""
-        events += txn.events
-        txn.events = []
+    def _hand_over_part(self, events: list, txn: _Txn, max_events: int) -> ReadBatch:
+        """Part of a transaction larger than a batch (a row event holds many rows: the rest waits)."""
+        room = max(max_events - len(events), 1)
+        part, txn.events = txn.events[:room], txn.events[room:]
+        events += part
         txn.started = True
         if self.split:  # this part commits on its own, at a position inside the transaction
-            self.position = BinlogPosition(txn.start.gtid, txn.start.file, txn.start.pos, txn.seq)
+            self.position = BinlogPosition(txn.start.gtid, txn.start.file, txn.start.pos, part[-1].seq)
             return self._handed_out(ReadBatch(events, self.position.serialise()))
         return self._handed_out(ReadBatch(events, self.position.serialise(), more=True))
 
@@ -442,21 +450,30 @@ class MysqlBinlogReader(Reader):
                                 f"column(s) {', '.join(missing_key)} (dropped or renamed): re-load the table "
                                 f"with `tiersync snapshot` and continue with `tiersync binlog mark`")
         unknown = [n for n in names if n not in known]
+        drop: tuple[str, ...] = ()
         if unknown:
             live = self._live(schema, name)
             gone = [n for n in unknown if n not in live]
-            if gone:
+            if not gone:
+                raise TransientError(f"{captured.info.id} changed while captured: column(s) {', '.join(unknown)} "
+                                     f"added or renamed; re-reading the table definitions (add them to the target "
+                                     f"or drop them in the mapping if the restart reports them)")
+            absent = [n for n in captured.info.column_names if n not in names]
+            if absent:  # columns gone and others new since: a rename cannot be told from a drop and an add
                 raise TerminalError(
                     f"{captured.info.id}: binlog rows at {self.position.serialise()} carry column(s) "
-                    f"{', '.join(gone)} that the table no longer has (dropped or renamed after these changes "
-                    f"were written); tiersync does not guess where their values belong: re-load the table with "
-                    f"`tiersync snapshot --table {name}` and continue with `tiersync binlog mark`")
-            raise TransientError(f"{captured.info.id} changed while captured: column(s) {', '.join(unknown)} "
-                                 f"added or renamed; re-reading the table definitions (add them to the target "
-                                 f"or drop them in the mapping if the restart reports them)")
+                    f"{', '.join(gone)} that the table no longer has, and lack {', '.join(absent)} that it has now "
+                    f"(renamed, or dropped and added, after these changes were written); tiersync does not guess "
+                    f"where their values belong: re-load the table with `tiersync snapshot --table {name}` and "
+                    f"continue with `tiersync binlog mark`")
+            log.warning("binlog: %s rows at %s carry column(s) %s dropped from the table since: left out",
+                        captured.info.id, self.position.serialise(), ", ".join(gone))
+            drop = tuple(gone)
         converters = []
         sets = []
         for column in columns:
+            if column.name in drop:
+                continue
             convert = _CONVERTERS.get(column.type)
             if column.type == FIELD_TYPE.SET:
                 convert = _set_text(column)
@@ -467,7 +484,7 @@ class MysqlBinlogReader(Reader):
                 convert = _json  # MariaDB's JSON is text in the binlog
             if convert is not None:
                 converters.append((column.name, convert))
-        return _TablePlan(captured.info.id, captured.key, tuple(converters), tuple(sets))
+        return _TablePlan(captured.info.id, captured.key, tuple(converters), tuple(sets), drop)
 
     def _live(self, schema: str, name: str) -> set[str]:
         key = (schema, name)
@@ -517,6 +534,8 @@ class MysqlBinlogReader(Reader):
 
     @staticmethod
     def _image(plan: _TablePlan, values: dict, none_sources) -> dict:
+        for name in plan.drop:
+            del values[name]
         for name, convert in plan.converters:
             value = values[name]
             if value is not None:
@@ -571,7 +590,7 @@ def binlog_capture_problems(url: str, position: str | None = None) -> list[str]:
 def first_pending_time(url: str, position: BinlogPosition, consumer: str) -> datetime | None:
     """When the oldest transaction after ``position`` was written (None: nothing after it)."""
     args = connect_args(url)
-    settings = {"host": args["host"], "port": args["port"], "user": args["user"], "passwd": args["password"],
+    settings = {"host": args["host"], "port": args["port"], "user": args["user"], "password": args["password"],
                 "charset": "utf8mb4", "connect_timeout": args["connect_timeout"], "read_timeout": 10}
     common = dict(connection_settings=settings, server_id=server_id_for(url, consumer + "#status"),
                   blocking=False, only_events=[MariadbGtidEvent, GtidEvent, XidEvent, QueryEvent],

@@ -126,6 +126,9 @@ def test_value_conversions_match_the_trigger_images():
     clock = _clock(3)
     assert clock(timedelta(hours=8, microseconds=250000)) == time(8, 0, 0, 250000)
     assert clock(timedelta(days=-35, seconds=3601)) == "-838:59:59.000"
+    assert clock(-timedelta(seconds=3020399, microseconds=875000)) == "-838:59:59.125"  # the library's complement
+    assert clock(-timedelta(seconds=1, microseconds=750000)) == "-00:00:01.250"
+    assert clock(-timedelta(microseconds=999000)) == "-00:00:00.001"
     assert clock(timedelta(hours=25)) == "25:00:00.000"
     assert _json('{"a": [1, 2.50, "中文"], "b": 0.1}') == {"a": [1, 2.5, "中文"], "b": 0.1}
     assert str(_json('{"x": 1.00000000000000000001}')["x"]) == "1.00000000000000000001"
