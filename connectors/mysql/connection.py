@@ -3,6 +3,7 @@ turned into tiersync errors."""
 
 from __future__ import annotations
 
+from datetime import timezone
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import pymysql
@@ -43,6 +44,11 @@ def zero_dates_kept(url: str) -> bool:
     """``?zero_dates=keep``: zero dates travel as their text (the target decides) instead of as NULL."""
     connect_args(url)
     return dict(parse_qsl(urlsplit(url).query)).get("zero_dates", "null") == "keep"
+
+
+def as_utc(moment):
+    """A naive datetime read in the UTC session, made aware (None stays None)."""
+    return None if moment is None else moment.replace(tzinfo=timezone.utc)
 
 
 def database_of(url: str) -> str | None:

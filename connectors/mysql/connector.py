@@ -23,7 +23,7 @@ from engine.seams import (
 )
 
 from . import dialect
-from .connection import connect, database_of
+from .connection import as_utc, connect, database_of
 from .errors import translate
 from .position import MysqlLogPosition
 from .reader import MysqlChangeLogReader
@@ -124,7 +124,7 @@ class MysqlConnector(Connector):
         count, oldest = self._query(dialect.pending_sql(len(tables), len(pos.open_gaps)), params)[0]
         head = self._query(dialect.HEAD_SQL)[0][0]
         warning = f"{len(pos.open_gaps)} id gaps held open for running transactions" if pos.open_gaps else ""
-        return SourceProgress(count, oldest, f"change-log id {head}", warning)
+        return SourceProgress(count, as_utc(oldest), f"change-log id {head}", warning)
 
     def ensure_state(self) -> None:
         conn = connect(self.url, autocommit=True)

@@ -184,8 +184,9 @@ UPDATE_CONSUMER_SQL = (f"UPDATE {CONSUMER} SET floor_id = %s, position = %s, upd
 
 # Every row every consumer has passed, except the newest row of all: it keeps AUTO_INCREMENT from ever
 # handing out an id a consumer has already passed (older servers reset it to max(id) + 1 on restart).
-PURGE_SQL = (f"DELETE FROM {CHANGE_LOG} WHERE id <= (SELECT min(floor_id) FROM {CONSUMER}) AND id < %s "
-             f"ORDER BY id LIMIT 10000")
+PURGE_FLOOR_SQL = f"SELECT min(floor_id) FROM {CONSUMER}"
+PURGE_SQL = f"DELETE FROM {CHANGE_LOG} WHERE id <= %s AND id < %s ORDER BY id LIMIT 10000"
+
 
 def _unread(gaps: int) -> str:
     """Rows above ``high`` plus the rows of the open gaps below it."""
@@ -247,7 +248,19 @@ def image_sql(columns: tuple[ColumnInfo, ...], alias: str) -> str:
     return "JSON_OBJECT(" + ", ".join(parts) + ")"
 
 
-def trigger_ddl(table: TableInfo) -> list[str]:
+def _skipped_key_change(table: TableInfo, key: tuple[str, ...]) -> str:
+    """True in an AFTER UPDATE trigger when the key 'changed' but the old row is still there.
+
+    MariaDB fires AFTER UPDATE triggers for rows UPDATE IGNORE skipped on a duplicate key: no change.
+    """
+    if not key:
+        return "FALSE"
+    changed = " OR ".join(f"NOT (OLD.{quote(c)} <=> NEW.{quote(c)})" for c in key)
+    still = " AND ".join(f"t.{quote(c)} <=> OLD.{quote(c)}" for c in key)
+    return f"(({changed}) AND EXISTS (SELECT 1 FROM {qualified(table.id)} t WHERE {still}))"
+
+
+def trigger_ddl(table: TableInfo, key: tuple[str, ...]) -> list[str]:
     """The three AFTER triggers that record every change of ``table`` with its origin."""
     name = literal(str(table.id))
     target = qualified(table.id)
@@ -256,7 +269,7 @@ def trigger_ddl(table: TableInfo) -> list[str]:
     bodies = {
         "c": f"INSERT INTO {log} (tbl, op, `after`, origin) VALUES ({name}, 'c', {new}, @tiersync_origin)",
         "u": (f"BEGIN\n  DECLARE old_image, new_image LONGTEXT;\n  SET old_image = {old};\n  SET new_image = {new};\n"
-              f"  IF NOT (old_image <=> new_image) THEN\n"
+              f"  IF NOT (old_image <=> new_image) AND NOT {_skipped_key_change(table, key)} THEN\n"
               f"    INSERT INTO {log} (tbl, op, `before`, `after`, origin) "
               f"VALUES ({name}, 'u', old_image, new_image, @tiersync_origin);\n  END IF;\nEND"),
         "d": f"INSERT INTO {log} (tbl, op, `before`, origin) VALUES ({name}, 'd', {old}, @tiersync_origin)",

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import timezone
 from decimal import Decimal
 
 import pymysql
@@ -31,7 +30,7 @@ from engine.event import ChangeEvent, Op
 from engine.seams import CapturedTable, ReadBatch, Reader
 
 from . import dialect
-from .connection import connect, database_of, zero_dates_kept
+from .connection import as_utc, connect, database_of, zero_dates_kept
 from .errors import translate
 from .position import MysqlLogPosition, Ranges, count_ids, without
 from .values import value_decoder
@@ -40,6 +39,7 @@ log = logging.getLogger(__name__)
 
 _OPS = {"c": Op.CREATE, "u": Op.UPDATE, "d": Op.DELETE}
 GAP_WARN_SECONDS = 60.0
+SAMPLE_INTERVAL = 0.25  # seconds between looks at INNODB_TRX (a cache that a look within 0.1 s keeps stale)
 MAX_OPEN_GAPS = 2000  # ranges; beyond this the reader holds back instead of opening more
 PURGE_ROWS = 10_000
 
@@ -105,6 +105,7 @@ class MysqlChangeLogReader(Reader):
         self._generation: _Generation | None = None
         self._closing: Ranges = ()  # gaps whose transactions have all ended: ids not read next time are gone
         self._held_back = False
+        self._next_sample = 0.0
         self._execute(dialect.READER_SESSION_SQL[0])
         self._execute(dialect.REGISTER_CONSUMER_SQL, (consumer, self.position.floor, json.dumps(self.table_names)))
 
@@ -140,26 +141,26 @@ class MysqlChangeLogReader(Reader):
     def _watch_gaps(self) -> None:
         """Start watching the open gaps, or close the watched ones once their transactions have ended."""
         gaps = self.position.open_gaps
-        if self._generation is None:
-            if gaps:
-                running = self._running()
-                if running is not None:
-                    self._generation = _Generation(gaps, running)
+        if not gaps or time.monotonic() < self._next_sample:
             return
-        generation = self._generation
+        self._next_sample = time.monotonic() + SAMPLE_INTERVAL  # INNODB_TRX refreshes only when left alone
         running = self._running()
         if running is None:
             return
-        still = {trx: info for trx, info in generation.running.items() if trx in running}
-        if not still:
+        generation = self._generation
+        if generation is None:
+            generation = self._generation = _Generation(gaps, running)
+        else:
+            generation.running = {trx: info for trx, info in generation.running.items() if trx in running}
+        if not generation.running:
             self._closing = generation.gaps  # the next read sees every committed row they could hold
             self._generation = None
             return
-        generation.running = still
         age = time.monotonic() - generation.since
         if age > GAP_WARN_SECONDS and not generation.warned:
             generation.warned = True
-            holders = ", ".join(f"thread {thread} (since {started})" for thread, started in still.values())
+            holders = ", ".join(f"thread {thread} (since {started})" for thread, started in
+                                generation.running.values())
             log.warning("change-log ids %s of %s are held open for %.0f s: transactions that may still commit "
                         "them are running (%s); later changes flow on, these follow when they commit",
                         dialect_ranges(generation.gaps), self.database, age, holders)
@@ -181,7 +182,9 @@ class MysqlChangeLogReader(Reader):
             self._close_gaps(seen, checked_below)
         rows = _same_origin_prefix([r for r in rows if r[0] <= position.high] + self._new_rows(rows, position))
         if not rows:
-            return ReadBatch([], self.position.serialise(), caught_up=not self._held_back)
+            # gaps closed: a batch without events, so that the position is saved with the checkpoint
+            return ReadBatch([], self.position.serialise(), ends_transaction=self.position != position,
+                             caught_up=not self._held_back)
         delivered = {r[0] for r in rows}
         high = max(position.high, rows[-1][0])
         new_gaps = tuple(_missing(position.high, high, delivered))
@@ -232,7 +235,7 @@ class MysqlChangeLogReader(Reader):
         return ChangeEvent(
             op=_OPS[op], table=self.table_ids[tbl], key=tuple(image.get(c) for c in self.keys[tbl]),
             before=before, after=after, seq=row_id, origin=origin or self.node_id,
-            captured_at=captured_at.replace(tzinfo=timezone.utc) if captured_at else None,
+            captured_at=as_utc(captured_at),
             source_node=self.node_id, source_database=self.database)
 
     # -------------------------------------------------------------- acknowledging
@@ -242,13 +245,16 @@ class MysqlChangeLogReader(Reader):
         pos = MysqlLogPosition.deserialise(position)
         if self._ack_conn is None:
             self._ack_conn = connect(self.url, autocommit=True)
+            # read committed: the purge's range scan must not wait on rows of transactions still open
+            self._execute(dialect.READER_SESSION_SQL[0], None, "acknowledging", self._ack_conn)
         conn = self._ack_conn
         self._execute(dialect.UPDATE_CONSUMER_SQL, (pos.floor, position, self.consumer), "acknowledging", conn)
+        floor = self._execute(dialect.PURGE_FLOOR_SQL, None, "acknowledging", conn)[0][0] or 0
         head = self._execute(dialect.HEAD_SQL, None, "acknowledging", conn)[0][0]
-        while True:
+        while floor > 0:
             cur = conn.cursor()
             try:
-                deleted = cur.execute(dialect.PURGE_SQL, (head,))
+                deleted = cur.execute(dialect.PURGE_SQL, (floor, head))
             except pymysql.Error as exc:
                 raise translate(exc, "purging the change log") from None
             finally:

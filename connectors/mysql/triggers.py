@@ -10,7 +10,7 @@ from engine.event import TableId
 from engine.seams import CapturedTable, CaptureStatus, TriggerCapture
 
 from . import dialect
-from .connection import connect, database_of
+from .connection import as_utc, connect, database_of
 from .errors import translate
 
 
@@ -42,7 +42,7 @@ class MysqlTriggerCapture(TriggerCapture):
     def install_statements(self, tables: list[CapturedTable]) -> list[str]:
         statements = list(dialect.CHANGE_LOG_DDL)
         for table in tables:
-            statements += dialect.trigger_ddl(table.info)
+            statements += dialect.trigger_ddl(table.info, table.key)
         if self.consumer:
             names = dialect.literal(json.dumps([str(t.info.id) for t in tables], ensure_ascii=False))
             # a consumer registered at install time keeps the purge off rows it has not read yet
@@ -78,6 +78,6 @@ class MysqlTriggerCapture(TriggerCapture):
         installed = self._installed()
         pending: dict[str, tuple] = {}
         if self._has(dialect.CHANGE_LOG):
-            pending = {tbl: (count, oldest) for tbl, count, oldest in self._query(dialect.TABLE_PENDING_SQL)}
+            pending = {tbl: (count, as_utc(oldest)) for tbl, count, oldest in self._query(dialect.TABLE_PENDING_SQL)}
         return [CaptureStatus(t, len(installed.get(t.name, ())) == 3, *pending.get(str(t), (0, None)))
                 for t in tables]
