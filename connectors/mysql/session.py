@@ -12,7 +12,7 @@ from engine.seams import DeadLetter, SnapshotProgress, TargetSession
 from . import dialect
 from .connection import connect
 from .errors import translate
-from .values import encoders, value_writer
+from .values import use_tiersync_encoders, value_writer
 
 DELETE_CHUNK = 1000  # keys per DELETE statement
 
@@ -20,7 +20,7 @@ DELETE_CHUNK = 1000  # keys per DELETE statement
 class MysqlSession(TargetSession):
     def __init__(self, url: str):
         self.conn = connect(url)
-        self.conn.encoders = encoders()
+        use_tiersync_encoders(self.conn)
         self.cur = self.conn.cursor()
         self._savepoints = 0
         self._origin: str | None = None

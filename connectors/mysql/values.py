@@ -67,8 +67,8 @@ def image_expression(column_type: str, ref: str) -> str:
         return f"HEX({ref})"
     if kind == "bit":
         return f"({ref} + 0)"
-    if kind == "timestamp":
-        return f"UNIX_TIMESTAMP({ref})"
+    if kind == "timestamp":  # UNIX_TIMESTAMP of the zero timestamp is NULL under a strict sql_mode
+        return f"IF({ref} = 0, 0, UNIX_TIMESTAMP({ref}))"
     return ref
 
 
@@ -162,16 +162,23 @@ def _escape_datetime(value: datetime, mapping=None) -> str:
     return converters.escape_datetime(value, mapping)
 
 
-def _escape_json(value: Any, mapping=None) -> str:
-    return converters.escape_str(dumps_exact(value), mapping)
-
-
-def encoders() -> dict:
-    """pymysql's encoders with tiersync's additions (see the module docstring)."""
+def _encoders() -> dict:
     table = dict(converters.encoders)
     table.update({float: _escape_float, Decimal: _escape_decimal, datetime: _escape_datetime,
-                  dict: _escape_json, list: _escape_json, UUID: lambda v, m=None: converters.escape_str(str(v), m)})
+                  UUID: lambda v, m=None: converters.escape_str(str(v), m)})
     return table
+
+
+def use_tiersync_encoders(conn) -> None:
+    """Make ``conn`` write values as the module docstring says (lists and dicts as JSON text, not SQL tuples)."""
+    conn.encoders = _encoders()
+    escape = conn.escape
+
+    def escape_value(value: Any, mapping=None) -> str:
+        if type(value) in (list, dict, tuple):
+            return escape(dumps_exact(value), mapping)
+        return escape(value, mapping)
+    conn.escape = escape_value
 
 
 def value_writer(column_type: str) -> Callable[[Any], Any] | None:
@@ -182,10 +189,13 @@ def value_writer(column_type: str) -> Callable[[Any], Any] | None:
         scale = int(match.group(3))
 
         def exact_decimal(v: Any) -> Any:
-            if isinstance(v, (Decimal, float, str)) and v is not None:
+            if isinstance(v, (Decimal, float, str)):
                 number = v if isinstance(v, Decimal) else Decimal(str(v))
-                if number.is_finite() and number != number.quantize(Decimal(1).scaleb(-scale), rounding="ROUND_DOWN"):
-                    raise ValueError(f"{v} has more than {scale} decimal places ({column_type} would round it)")
+                if number.is_finite():
+                    _, digits, exponent = number.as_tuple()
+                    extra = -scale - exponent  # digits past the column's scale
+                    if extra > 0 and any(digits[-extra:]):
+                        raise ValueError(f"{v} has more than {scale} decimal places ({column_type} would round it)")
             return v
         return exact_decimal
     match = _TEMPORAL.match(lowered)
