@@ -89,7 +89,7 @@ class MappingConfig(_Strict):
 
 class SourceConfig(_Strict):
     database: str
-    capture: Literal["trigger", "logical"] = "trigger"
+    capture: Literal["trigger", "logical", "binlog"] = "trigger"
     tables: list[str] = Field(min_length=1)
     slot: str | None = Field(default=None, pattern=r"^[a-z0-9_]{1,63}$",
                              description="logical capture: replication slot (default tiersync_<pipeline>)")

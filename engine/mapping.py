@@ -54,7 +54,8 @@ class CompiledMapping:
         dropped = set(config.drop)
         for column in source.column_names:
             rule = config.columns.get(column)
-            if column in dropped or (rule is None and not config.include_unlisted):
+            generated = source.column(column).generated  # computed by the database: never written unless named
+            if column in dropped or (rule is None and (generated or not config.include_unlisted)):
                 self.plans[column] = None
                 continue
             if isinstance(rule, ColumnRule):

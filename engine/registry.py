@@ -14,6 +14,8 @@ _CONNECTORS: dict[str, tuple[str, str, str | None]] = {
     "postgresql": ("connectors.postgres", "PostgresConnector", "postgres"),
     "postgres": ("connectors.postgres", "PostgresConnector", "postgres"),
     "sqlite": ("connectors.sqlite", "SqliteConnector", None),
+    "mysql": ("connectors.mysql", "MysqlConnector", "mysql"),
+    "mariadb": ("connectors.mysql", "MariadbConnector", "mysql"),
 }
 
 
