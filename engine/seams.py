@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from .config import SourceConfig
+from .errors import TerminalError
 from .event import ChangeEvent, TableId
 from .schema import TableInfo
 
@@ -77,6 +78,52 @@ class SnapshotProgress:
     done: bool = False
 
 
+@dataclass(frozen=True)
+class CompareColumn:
+    """A column reconcile compares: its name and type on one side, and the canonical kind both sides share."""
+
+    name: str
+    type: str
+    kind: str  # one of engine.reconcile.KINDS
+
+
+@dataclass(frozen=True)
+class ChecksumSpec:
+    """What one side of a comparison hashes: the key and compared columns in one order shared by both sides."""
+
+    table: TableInfo
+    key: tuple[CompareColumn, ...]
+    columns: tuple[CompareColumn, ...]
+    where: str | None = None
+
+
+@dataclass(frozen=True)
+class BucketSum:
+    count: int
+    total: int  # sum of the rows' 60-bit hashes (exact)
+
+
+class TableChecksummer(ABC):
+    """Checksums of a table's normalised rows, computed inside its database (see engine.reconcile).
+
+    A row's key text and row text are the normalised values of ``spec.key`` and ``spec.columns``, each written
+    ``<length>:<text>`` (NULL as ``-``) and joined by commas. ``kh`` is the first 60 bits of md5(key text), ``rh``
+    those of md5(key text || '|' || row text). A bucket at ``bits`` is ``kh >> (60 - bits)``.
+    """
+
+    @abstractmethod
+    def bucket_sums(self, bits: int, within: list[int] | None, within_bits: int) -> dict[int, BucketSum]:
+        """Per bucket: row count and the exact sum of ``rh``; only buckets whose prefix at ``within_bits`` is in
+        ``within`` (all when None)."""
+
+    @abstractmethod
+    def row_hashes(self, within: list[int], within_bits: int) -> dict[str, tuple[int, tuple]]:
+        """Key text → (rh, the key's values) for the rows in the buckets ``within`` at ``within_bits``."""
+
+    def close(self) -> None:  # noqa: B027 - optional
+        pass
+
+
 class TableScanner(ABC):
     """Reads a table's current rows in key order, in chunks, each in its own short statement."""
 
@@ -94,6 +141,10 @@ class TableScanner(ABC):
     @abstractmethod
     def existing(self, keys: list[tuple]) -> set[tuple]:
         """Which of ``keys`` the table holds."""
+
+    def rows(self, keys: list[tuple]) -> list[dict]:
+        """The rows with these keys (any order), decoded like change-log images."""
+        raise NotImplementedError
 
     def close(self) -> None:  # noqa: B027 - optional
         pass
@@ -256,6 +307,27 @@ class Connector(ABC):
 
     @abstractmethod
     def load_snapshot_progress(self, pipeline: str, table: str) -> SnapshotProgress | None: ...
+
+    # ---- reconciliation (optional: a connector without it cannot be reconciled)
+
+    def column_kind(self, type_name: str) -> str:
+        """The canonical kind (engine.reconcile.KINDS) of a column of this database's type ``type_name``."""
+        raise TerminalError(f"reconcile does not support {self.scheme} databases yet")
+
+    def checksummer(self, spec: ChecksumSpec) -> TableChecksummer:
+        raise TerminalError(f"reconcile does not support {self.scheme} databases yet")
+
+    def fence_head(self, source: SourceConfig) -> str | None:
+        """The source's newest committed position, for fencing a comparison (None: no change log to fence by)."""
+        return None
+
+    def unapplied(self, source: SourceConfig, consumer: str, tables: list[TableId], position: str | None,
+                  head: str | None = None) -> list[tuple[TableId, tuple]] | None:
+        """(table, source key) of changes committed at ``head`` (or now) that ``position`` has not applied.
+
+        None: this source cannot tell.
+        """
+        return None
 
     @abstractmethod
     def load_checkpoint(self, pipeline: str) -> str | None: ...

@@ -10,10 +10,12 @@ from engine.event import TableId
 from engine.schema import ColumnInfo, TableInfo
 from engine.seams import (
     CapturedTable,
+    ChecksumSpec,
     Connector,
     Reader,
     SnapshotProgress,
     SourceProgress,
+    TableChecksummer,
     TableScanner,
     TargetSession,
     TriggerCapture,
@@ -24,7 +26,7 @@ from .connection import connect, parse_image
 from .errors import translate
 from .position import PostgresLogPosition
 from .reader import PostgresChangeLogReader
-from .scanner import PostgresTableScanner
+from .scanner import PostgresChecksummer, PostgresTableScanner
 from .session import PostgresSession
 from .triggers import PostgresTriggerCapture
 
@@ -130,6 +132,33 @@ class PostgresConnector(Connector):
 
     def table_scanner(self, table: CapturedTable) -> TableScanner:
         return PostgresTableScanner(self.url, table)
+
+    def column_kind(self, type_name: str) -> str:
+        return dialect.column_kind(type_name)
+
+    def checksummer(self, spec: ChecksumSpec) -> TableChecksummer:
+        return PostgresChecksummer(self.url, spec)
+
+    def _has_change_log(self) -> bool:
+        rel = f"{dialect.quote(self.state_schema)}.tiersync_change_log"
+        return bool(self._query(dialect.TABLE_EXISTS_SQL, {"rel": rel})[0][0])
+
+    def fence_head(self, source: SourceConfig) -> str | None:
+        if source.capture != "trigger" or not self._has_change_log():
+            return None  # logical capture: positions are not comparable while a pipeline idles
+        return self._query(dialect.SNAPSHOT_SQL)[0][0]
+
+    def unapplied(self, source: SourceConfig, consumer: str, tables: list[TableId], position: str | None,
+                  head: str | None = None) -> list[tuple[TableId, tuple]] | None:
+        if source.capture != "trigger":
+            return None
+        if not self._has_change_log():
+            return []
+        pos = PostgresLogPosition.deserialise(position) if position else PostgresLogPosition()
+        params = {"prev": pos.prev, "cur": pos.cur, "last_id": pos.last_id, "tables": [str(t) for t in tables],
+                  "head": head, "limit": 1_000_000}
+        rows = self._query(dialect.unapplied_sql(self.state_schema, head is not None), params)
+        return [(TableId.parse(tbl), tuple(parse_image(pk) or ())) for tbl, pk in rows]
 
     def load_snapshot_progress(self, pipeline: str, table: str) -> SnapshotProgress | None:
         if not self._state_exists():

@@ -522,3 +522,120 @@ def value_decoder(type_name: str) -> Callable[[Any], Any] | None:
 
 def is_json_type(type_name: str) -> bool:
     return type_name in ("json", "jsonb")
+
+
+# ---------------------------------------------------------------- reconciliation (see engine.reconcile)
+
+_INT_TYPES = ("smallint", "integer", "bigint")
+
+
+def column_kind(type_name: str) -> str:
+    """The canonical kind reconcile compares a column of this type as."""
+    t = type_name.lower()
+    if t in _INT_TYPES:
+        return "int"
+    if t.startswith("numeric"):
+        return "decimal"
+    if t in ("real", "double precision"):
+        return "float"
+    if t == "boolean":
+        return "bool"
+    if t.startswith("timestamp"):
+        return "timestamp"
+    if t == "date":
+        return "date"
+    if t.startswith("time") and t.endswith("without time zone"):
+        return "time"
+    if t in ("json", "jsonb"):
+        return "json"
+    if t == "bytea":
+        return "bytes"
+    return "text"
+
+
+_TS_FORMAT = "'YYYY-MM-DD\"T\"HH24:MI:SS.US'"
+
+
+def normalised_sql(ref: str, type_name: str, kind: str) -> str:
+    """SQL for the canonical text of column ``ref`` (of ``type_name``) as ``kind``: engine.reconcile.normalise.
+
+    The session's time zone must be UTC (naive text read as a timestamp means UTC).
+    """
+    own = column_kind(type_name)
+    if kind == "int":
+        return f"({ref})::text" if own == "int" else f"trim_scale(({ref})::numeric)::text"
+    if kind == "decimal":
+        return f"trim_scale(({ref})::numeric)::text"
+    if kind == "float":
+        return f"encode(float8send(({ref})::float8 + 0.0::float8), 'hex')"
+    if kind == "bool":
+        return f"({ref})::boolean::text"
+    if kind == "timestamp":
+        moment = f"({ref})::timestamp" if type_name.lower().startswith("timestamp") and "with time zone" not in \
+            type_name.lower() else f"(({ref})::timestamptz AT TIME ZONE 'UTC')"
+        return f"CASE WHEN isfinite({moment}) THEN to_char({moment}, {_TS_FORMAT}) ELSE ({moment})::text END"
+    if kind == "date":
+        day = f"({ref})::date"
+        return f"CASE WHEN isfinite({day}) THEN to_char({day}, 'YYYY-MM-DD') ELSE ({day})::text END"
+    if kind == "time":
+        return f"to_char(({ref})::time, 'HH24:MI:SS.US')"
+    if kind == "json":
+        return f"({ref})::jsonb::text"
+    if kind == "bytes":
+        return f"encode(({ref})::bytea, 'hex')"
+    return f"({ref})::text"
+
+
+def _encoded(columns, image: str) -> str:
+    """The columns' canonical texts joined as engine.reconcile.encode_values does."""
+    if not columns:
+        return "''"
+    parts = []
+    for c in columns:
+        value = normalised_sql(f"{image}.{quote(c.name)}", c.type, c.kind)
+        parts.append(f"coalesce(length({value})::text || ':' || {value}, '-')")
+    return " || ',' || ".join(parts)
+
+
+def _hash60(expr: str) -> str:
+    return f"('x' || substr(md5({expr}), 1, 15))::bit(60)::bigint"
+
+
+def _hashed_rows(spec, with_keys: bool) -> str:
+    keys = "".join(f", t.{quote(c.name)} AS _k{i}" for i, c in enumerate(spec.key)) if with_keys else ""
+    where = f" WHERE ({spec.where})" if spec.where else ""
+    inner = f"SELECT {_encoded(spec.key, 't')} AS k, {_encoded(spec.columns, 't')} AS r{keys} " \
+            f"FROM {qualified(spec.table.id)} t{where}"
+    key_out = "".join(f", s._k{i}" for i in range(len(spec.key))) if with_keys else ""
+    row_hash = _hash60("s.k || '|' || s.r")
+    return (f"SELECT s.k, {_hash60('s.k')} AS kh, {row_hash} AS rh{key_out} "
+            f"FROM ({inner}) s")
+
+
+def bucket_sums_sql(spec, bits: int, within_bits: int | None) -> str:
+    """Per bucket (``kh >> (60 - bits)``): row count and the two 30-bit halves of the sum of ``rh``, exactly."""
+    within = f" WHERE h.kh >> {60 - within_bits} = ANY(%s::bigint[])" if within_bits is not None else ""
+    return (f"SELECT h.kh >> {60 - bits}, count(*), sum(h.rh >> 30), sum(h.rh & 1073741823) "
+            f"FROM ({_hashed_rows(spec, False)}) h{within} GROUP BY 1")
+
+
+def row_hashes_sql(spec, within_bits: int) -> str:
+    keys = "".join(f", h._k{i}" for i in range(len(spec.key)))
+    return (f"SELECT h.k, h.rh{keys} FROM ({_hashed_rows(spec, True)}) h "
+            f"WHERE h.kh >> {60 - within_bits} = ANY(%s::bigint[])")
+
+
+CHECKSUM_SESSION_SQL = ["SET TIME ZONE 'UTC'", "SET jit = off"]
+
+
+def rows_by_key_sql(table: TableId, key: tuple[str, ...], count: int) -> str:
+    cols = ", ".join(f"t.{quote(c)}" for c in key)
+    rows = ", ".join("(" + ", ".join("%s" for _ in key) + ")" for _ in range(count))
+    return f"SELECT row_to_json(t)::text FROM {qualified(table)} t WHERE ({cols}) IN ({rows})"
+
+
+def unapplied_sql(schema: str, with_head: bool) -> str:
+    """Change-log rows of ``tables`` the consumer at a position has not applied (committed at ``head``)."""
+    head = " AND pg_visible_in_snapshot(l.txid, %(head)s::pg_snapshot)" if with_head else ""
+    return (f"SELECT l.tbl, l.pk::text FROM {quote(schema)}.tiersync_change_log l "
+            f"WHERE l.tbl = ANY(%(tables)s) AND NOT {_APPLIED_AT}{head} LIMIT %(limit)s")

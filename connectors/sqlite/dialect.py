@@ -345,3 +345,71 @@ def value_decoder(declared: str) -> Callable[[Any], Any] | None:
         if pattern.search(upper):
             return _lenient(decoder)
     return None
+
+
+# ---------------------------------------------------------------- reconciliation (see engine.reconcile)
+# SQLite has no hash function and stores values of any type in any column: the checksum connection registers
+# tiersync_norm(kind, value) (engine.reconcile.normalise itself) and tiersync_h60(text) as SQL functions.
+
+_KINDS: list[tuple[re.Pattern, str]] = [
+    (re.compile(r"^BOOL"), "bool"),
+    (re.compile(r"^(DATETIME|TIMESTAMP)"), "timestamp"),
+    (re.compile(r"^DATE"), "date"),
+    (re.compile(r"^TIME"), "time"),
+    (re.compile(r"^(DECIMAL|NUMERIC|MONEY)"), "decimal"),
+    (re.compile(r"^(REAL|FLOAT|DOUBLE)"), "float"),
+    (re.compile(r"^(JSON|JSONB)$"), "json"),
+    (re.compile(r"^(BLOB|BYTEA|BINARY|VARBINARY)"), "bytes"),
+    (re.compile(r"INT"), "int"),
+]
+
+
+def column_kind(declared: str) -> str:
+    upper = declared.strip().upper()
+    for pattern, kind in _KINDS:
+        if pattern.search(upper):
+            return kind
+    return "text"
+
+
+def _encoded(columns, image: str) -> str:
+    if not columns:
+        return "''"
+    parts = []
+    for c in columns:
+        value = f"tiersync_norm({literal(c.kind)}, {image}.{quote(c.name)})"
+        parts.append(f"coalesce(length({value}) || ':' || {value}, '-')")
+    return " || ',' || ".join(parts)
+
+
+def _hashed_rows(spec, with_keys: bool) -> str:
+    keys = "".join(f", t.{quote(c.name)} AS _k{i}" for i, c in enumerate(spec.key)) if with_keys else ""
+    where = f" WHERE ({spec.where})" if spec.where else ""
+    inner = (f"SELECT {_encoded(spec.key, 't')} AS k, {_encoded(spec.columns, 't')} AS r{keys} "
+             f"FROM {quote(spec.table.id.name)} t{where}")
+    key_out = "".join(f", s._k{i}" for i in range(len(spec.key))) if with_keys else ""
+    return (f"SELECT s.k, tiersync_h60(s.k) AS kh, tiersync_h60(s.k || '|' || s.r) AS rh{key_out} "
+            f"FROM ({inner}) s")
+
+
+_WITHIN = " WHERE h.kh >> {shift} IN (SELECT value FROM json_each(?))"
+
+
+def bucket_sums_sql(spec, bits: int, within_bits: int | None) -> str:
+    within = _WITHIN.format(shift=60 - within_bits) if within_bits is not None else ""
+    return (f"SELECT h.kh >> {60 - bits}, count(*), sum(h.rh >> 30), sum(h.rh & 1073741823) "
+            f"FROM ({_hashed_rows(spec, False)}) h{within} GROUP BY 1")
+
+
+def row_hashes_sql(spec, within_bits: int) -> str:
+    keys = "".join(f", h._k{i}" for i in range(len(spec.key)))
+    return f"SELECT h.k, h.rh{keys} FROM ({_hashed_rows(spec, True)}) h" + _WITHIN.format(shift=60 - within_bits)
+
+
+def rows_by_key_sql(table: TableInfo, key: tuple[str, ...], count: int) -> str:
+    rows = ", ".join("(" + ", ".join("?" for _ in key) + ")" for _ in range(count))
+    return f"SELECT {_image(table, 't')} FROM {quote(table.id.name)} t WHERE {_row_values(key)} IN (VALUES {rows})"
+
+
+UNAPPLIED_SQL = ("SELECT tbl, pk FROM tiersync_change_log WHERE id > ? AND id <= ? "
+                 "AND tbl IN (SELECT value FROM json_each(?)) LIMIT 1000000")
