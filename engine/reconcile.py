@@ -445,75 +445,102 @@ class Reconciler:
 
     # -------------------------------------------------------------- judging candidates
 
+    ROUNDS = 4  # reads of the candidates at most, while replication keeps changing them
+
     def _judge(self, cp: ComparePlan, source: _Side, target: _Side, candidates, head, report: TableReport):
+        """Classify the candidate keys (target-key order) by reading their rows again on both sides.
+
+        Without a change log (nothing replicates) one read decides. With one, each read waits until the target's
+        checkpoint has applied everything the source had committed before the previous read (the fence), and a
+        row is drift only if it differs in two consecutive reads with the same values both times; a row that
+        became equal, or kept changing, was in flight.
+        """
         source_keys, target_keys, checked_keys = candidates
-        if not source_keys and not target_keys and not checked_keys:
+        keys = source_keys | target_keys | checked_keys
+        if not keys:
             return
-        config = self.plan.config
-        note = ""
-        if head is not None:
-            deadline = clock.monotonic() + self.fence_timeout
-            while True:
-                checkpoint = self.plan.target.load_checkpoint(self.name)
-                waiting = self.plan.source.unapplied(config.source, self.name, [cp.captured.info.id], checkpoint, head)
-                if waiting is not None and not waiting:
-                    report.fenced = True
+        first_seen = {self._key_text(cp, k) for k in source_keys | target_keys}
+        previous: dict[str, tuple] | None = None
+        fenced = head is not None
+        unstable: set[str] = set()
+        for round_ in range(self.ROUNDS if head is not None else 1):
+            if head is not None and not self._wait_for(cp, head, report):
+                fenced = False
+            state = self._read(cp, source, target, keys, report)  # key text → (source, target, columns)
+            if head is None or not fenced:
+                break  # nothing replicates (one read decides), or the target is not catching up
+            head = self.plan.source.fence_head(self.plan.config.source)
+            if previous is not None:
+                unstable = {k for k, v in state.items() if v[2] and previous.get(k, (None, None, []))[:2] != v[:2]}
+                if not unstable:
                     break
-                if waiting is None or clock.monotonic() > deadline:
-                    note = (f"the target had not applied the source's changes up to the comparison within "
-                            f"{self.fence_timeout:g}s (is the pipeline running?); rows with unapplied changes "
-                            f"are reported in flight")
-                    break
-                self.on_progress("waiting for the target's checkpoint", 0, 1)
-                clock.sleep(self.fence_poll)
-        report.fence_note = note
-        pending: set[str] = set()  # key texts with source changes the target has not applied yet
-        checkpoint = self.plan.target.load_checkpoint(self.name)
-        unapplied = self.plan.source.unapplied(config.source, self.name, [cp.captured.info.id], checkpoint)
-        for _table, key in unapplied or []:
+            if round_ == self.ROUNDS - 1:
+                unstable = {k for k, v in state.items() if v[2]} if previous is None else unstable
+            previous = state
+        report.fenced = fenced
+        pending: set[str] = set()
+        if not fenced and head is not None:  # the target did not catch up: rows with unapplied changes are in flight
+            checkpoint = self.plan.target.load_checkpoint(self.name)
+            unapplied = self.plan.source.unapplied(self.plan.config.source, self.name, [cp.captured.info.id],
+                                                   checkpoint) or []
             if cp.target_key_of_source_key is not None:
-                pending.add(self._key_text(cp, cp.target_key_of_source_key(tuple(key))))
-        # re-read the candidates on both sides now
-        back = cp.source_key_of_target_key  # candidate keys are in target-key order
-        src_rows = self._fetch(source.scanner, [back(k) for k in source_keys | checked_keys], report)
+                pending = {self._key_text(cp, cp.target_key_of_source_key(tuple(key))) for _, key in unapplied}
+        for key_text in sorted(set(state) | first_seen):
+            src, dst, columns = state.get(key_text, (None, None, []))
+            key = list((src or dst)[0]) if (src or dst) else [key_text]
+            if not columns:  # equal now (or gone from both sides) though it differed at first: it was changing
+                if key_text in first_seen:
+                    report.in_flight.append(Difference("in_flight", key))
+                continue
+            if key_text in unstable or key_text in pending:
+                report.in_flight.append(Difference("in_flight", key, columns if src and dst else []))
+            elif src is None:
+                report.extra.append(Difference("extra", key))
+            elif dst is None:
+                report.missing.append(Difference("missing", key))
+            else:
+                report.different.append(Difference("different", key, columns))
+
+    def _wait_for(self, cp: ComparePlan, head: str, report: TableReport) -> bool:
+        """Wait until the target's checkpoint has applied every change the source had committed at ``head``."""
+        deadline = clock.monotonic() + self.fence_timeout
+        while True:
+            checkpoint = self.plan.target.load_checkpoint(self.name)
+            waiting = self.plan.source.unapplied(self.plan.config.source, self.name, [cp.captured.info.id],
+                                                 checkpoint, head)
+            if waiting is not None and not waiting:
+                return True
+            if waiting is None or clock.monotonic() > deadline:
+                report.fence_note = (f"the target had not applied the source's changes up to the comparison within "
+                                     f"{self.fence_timeout:g}s (is the pipeline running?); rows with unapplied "
+                                     f"changes are reported in flight")
+                return False
+            self.on_progress("waiting for the target's checkpoint", 0, 1)
+            clock.sleep(self.fence_poll)
+
+    def _read(self, cp: ComparePlan, source: _Side, target: _Side, keys: set[tuple], report: TableReport) -> dict:
+        """Key text → (normalised source row, normalised target row, differing columns); the target is read first."""
+        back = cp.source_key_of_target_key
+        dst_rows = {self._row_key_text(cp, r): r for r in self._fetch(target.scanner, list(keys), report)}
         mapped: dict[str, dict] = {}
-        for row in src_rows:
+        for row in self._fetch(source.scanner, [back(k) for k in keys], report):
             target_row = self._map(cp, row)
             if target_row is not None:
                 mapped[self._row_key_text(cp, target_row)] = target_row
-        wanted_target = source_keys | target_keys | checked_keys
-        dst_rows = {self._row_key_text(cp, r): r for r in self._fetch(target.scanner, list(wanted_target), report)}
-        only_target = [k for k in dst_rows if k not in mapped]
-        if only_target:  # extra at first sight: the source may have it by now
-            again = self._fetch(source.scanner, [back(self._target_key(cp, dst_rows[k])) for k in only_target],
-                                report)
-            for row in again:
-                target_row = self._map(cp, row)
-                if target_row is not None:
-                    mapped[self._row_key_text(cp, target_row)] = target_row
-        first_seen = {self._key_text(cp, k) for k in source_keys | target_keys}
-        for key_text in sorted(set(mapped) | set(dst_rows) | first_seen):
-            src_row, dst_row = mapped.get(key_text), dst_rows.get(key_text)
-            row = src_row if src_row is not None else dst_row
-            key = list(self._target_key(cp, row)) if row is not None else [key_text]
-            if src_row is not None and dst_row is not None:
-                columns = self._differing_columns(cp, src_row, dst_row)
-                if not columns:
-                    if key_text in first_seen:  # differed at the first look, equal now: changed during the run
-                        report.in_flight.append(Difference("in_flight", key))
-                    continue
-                found = Difference("different", key, columns)
-            elif src_row is not None:
-                found = Difference("missing", key)
-            elif dst_row is not None:
-                found = Difference("extra", key)
-            else:  # gone from both sides since the first look
-                report.in_flight.append(Difference("in_flight", key))
-                continue
-            if key_text in pending:
-                report.in_flight.append(Difference("in_flight", key, found.columns))
+        state = {}
+        for key_text in set(mapped) | set(dst_rows):
+            src, dst = mapped.get(key_text), dst_rows.get(key_text)
+            src_n = self._normalised(cp, src) if src is not None else None
+            dst_n = self._normalised(cp, dst) if dst is not None else None
+            if src_n is not None and dst_n is not None:
+                columns = [name for (name, _), a, b in zip(cp.compared, src_n[1], dst_n[1]) if a != b]
             else:
-                getattr(report, found.kind).append(found)
+                columns = ["*"]
+            state[key_text] = (src_n, dst_n, columns)
+        return state
+
+    def _normalised(self, cp: ComparePlan, row: dict) -> tuple:
+        return (self._target_key(cp, row), tuple(normalise(kind, row.get(name)) for name, kind in cp.compared))
 
     def _fetch(self, scanner, keys: list[tuple], report: TableReport) -> list[dict]:
         rows: list[dict] = []
@@ -543,10 +570,6 @@ class Reconciler:
 
     def _row_key_text(self, cp: ComparePlan, row: dict) -> str:
         return self._key_text(cp, self._target_key(cp, row))
-
-    def _differing_columns(self, cp: ComparePlan, src_row: dict, dst_row: dict) -> list[str]:
-        return [name for name, kind in cp.compared
-                if normalise(kind, src_row.get(name)) != normalise(kind, dst_row.get(name))]
 
     # -------------------------------------------------------------- repair
 
