@@ -59,8 +59,9 @@ def normalise(kind: str, value: Any) -> str | None:
 
     int: decimal digits. decimal: no exponent, no trailing zeros, no negative zero. float: the IEEE 754 bits
     (hex) of the value (+0.0, so -0 equals 0). bool: true/false. timestamp: the UTC instant (naive = UTC),
-    ``YYYY-MM-DDTHH:MM:SS.ffffff``. date, time: ISO. json: PostgreSQL jsonb's text (keys by length then
-    bytes). bytes: lowercase hex. text: exactly as stored (NULL is distinct from '' and spaces count).
+    ``YYYY-MM-DD HH:MM:SS[.ffffff without trailing zeros]``. date, time: the same parts. json: PostgreSQL
+    jsonb's text (keys by length then bytes). bytes: lowercase hex. text: exactly as stored (NULL is distinct
+    from '' and spaces count).
     """
     if value is None:
         return None
@@ -107,6 +108,16 @@ def _bool(value: Any) -> str:
     return "true" if value else "false"
 
 
+def _seconds(moment: datetime | time) -> str:
+    """HH:MM:SS, then the fraction without trailing zeros (as PostgreSQL writes it)."""
+    text = f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}"
+    return text + ("." + f"{moment.microsecond:06d}".rstrip("0") if moment.microsecond else "")
+
+
+def _day(day: date) -> str:
+    return f"{day.year:04d}-{day.month:02d}-{day.day:02d}"
+
+
 def _timestamp(value: Any) -> str:
     if isinstance(value, str):
         value = datetime.fromisoformat(value.strip().replace(" ", "T", 1).replace("Z", "+00:00"))
@@ -117,15 +128,15 @@ def _timestamp(value: Any) -> str:
             raise TypeError(value)
     if value.tzinfo is not None:
         value = value.astimezone(timezone.utc).replace(tzinfo=None)
-    return value.isoformat(timespec="microseconds")
+    return f"{_day(value)} {_seconds(value)}"
 
 
 def _date(value: Any) -> str:
     if isinstance(value, datetime):
-        return value.date().isoformat()
+        return _day(value.date())
     if isinstance(value, date):
-        return value.isoformat()
-    return date.fromisoformat(str(value).strip()[:10]).isoformat()
+        return _day(value)
+    return _day(date.fromisoformat(str(value).strip()[:10]))
 
 
 def _time(value: Any) -> str:
@@ -133,7 +144,7 @@ def _time(value: Any) -> str:
         value = time.fromisoformat(value.strip())
     if isinstance(value, datetime):
         value = value.time()
-    return value.replace(tzinfo=None).isoformat(timespec="microseconds")
+    return _seconds(value)
 
 
 def _json(value: Any) -> str:
@@ -195,9 +206,15 @@ _NORMALISERS: dict[str, Callable[[Any], str]] = {
 }
 
 
+SAFE_KINDS = ("int", "decimal", "float", "bool", "timestamp", "date", "time", "bytes")  # no comma, no backslash
+
+
 def encode_values(texts) -> str:
-    """Normalised values joined unambiguously: ``<length>:<text>`` each, ``-`` for NULL, commas between."""
-    return ",".join("-" if t is None else f"{len(t)}:{t}" for t in texts)
+    """Normalised values joined unambiguously: ``\\`` and ``,`` escaped by ``\\``, NULL as ``\\N``, commas between.
+
+    Engines skip the escaping for SAFE_KINDS, whose canonical text has neither character.
+    """
+    return ",".join("\\N" if t is None else t.replace("\\", "\\\\").replace(",", "\\,") for t in texts)
 
 
 def hash60(text: str) -> int:
@@ -205,8 +222,23 @@ def hash60(text: str) -> int:
     return int(hashlib.md5(text.encode("utf-8")).hexdigest()[:15], 16)
 
 
+MASK60 = (1 << 60) - 1
+
+
 def row_hash(key_text: str, row_text: str) -> int:
     return hash60(key_text + "|" + row_text)
+
+
+def integer_key(kinds) -> bool:
+    """A single integer key column is its own bucket hash (no md5 per row needed)."""
+    return len(kinds) == 1 and kinds[0] == "int"
+
+
+def key_hash(kinds, values, key_text: str) -> int:
+    """``kh`` of engine.seams.TableChecksummer."""
+    if integer_key(kinds):
+        return int(values[0]) & MASK60
+    return hash60(key_text)
 
 
 # ------------------------------------------------------------------ what to compare

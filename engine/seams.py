@@ -106,9 +106,11 @@ class BucketSum:
 class TableChecksummer(ABC):
     """Checksums of a table's normalised rows, computed inside its database (see engine.reconcile).
 
-    A row's key text and row text are the normalised values of ``spec.key`` and ``spec.columns``, each written
-    ``<length>:<text>`` (NULL as ``-``) and joined by commas. ``kh`` is the first 60 bits of md5(key text), ``rh``
-    those of md5(key text || '|' || row text). A bucket at ``bits`` is ``kh >> (60 - bits)``.
+    A row's key text and row text are the normalised values of ``spec.key`` and ``spec.columns`` joined as
+    engine.reconcile.encode_values does (backslash and comma escaped, NULL as ``\\N``). ``rh`` is the first 60 bits
+    of md5(key text || '|' || row text); ``kh``, the key's hash, is engine.reconcile.key_hash: the key's own value
+    (low 60 bits) for a single integer key column, else the first 60 bits of md5(key text). A bucket at ``bits`` is
+    ``kh & (2**bits - 1)``: buckets never follow key order, so collations cannot mislead them.
     """
 
     @abstractmethod

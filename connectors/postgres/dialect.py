@@ -553,9 +553,6 @@ def column_kind(type_name: str) -> str:
     return "text"
 
 
-_TS_FORMAT = "'YYYY-MM-DD\"T\"HH24:MI:SS.US'"
-
-
 def normalised_sql(ref: str, type_name: str, kind: str) -> str:
     """SQL for the canonical text of column ``ref`` (of ``type_name``) as ``kind``: engine.reconcile.normalise.
 
@@ -570,15 +567,14 @@ def normalised_sql(ref: str, type_name: str, kind: str) -> str:
         return f"encode(float8send(({ref})::float8 + 0.0::float8), 'hex')"
     if kind == "bool":
         return f"({ref})::boolean::text"
-    if kind == "timestamp":
-        moment = f"({ref})::timestamp" if type_name.lower().startswith("timestamp") and "with time zone" not in \
-            type_name.lower() else f"(({ref})::timestamptz AT TIME ZONE 'UTC')"
-        return f"CASE WHEN isfinite({moment}) THEN to_char({moment}, {_TS_FORMAT}) ELSE ({moment})::text END"
+    if kind == "timestamp":  # ISO text (DateStyle ISO): fractions without trailing zeros, like normalise
+        if type_name.lower().startswith("timestamp") and "with time zone" not in type_name.lower():
+            return f"({ref})::timestamp::text"
+        return f"(({ref})::timestamptz AT TIME ZONE 'UTC')::text"
     if kind == "date":
-        day = f"({ref})::date"
-        return f"CASE WHEN isfinite({day}) THEN to_char({day}, 'YYYY-MM-DD') ELSE ({day})::text END"
+        return f"({ref})::date::text"
     if kind == "time":
-        return f"to_char(({ref})::time, 'HH24:MI:SS.US')"
+        return f"({ref})::time::text"
     if kind == "json":
         return f"({ref})::jsonb::text"
     if kind == "bytes":
@@ -586,14 +582,19 @@ def normalised_sql(ref: str, type_name: str, kind: str) -> str:
     return f"({ref})::text"
 
 
+_SAFE_KINDS = ("int", "decimal", "float", "bool", "timestamp", "date", "time", "bytes")  # engine.reconcile.SAFE_KINDS
+
+
 def _encoded(columns, image: str) -> str:
-    """The columns' canonical texts joined as engine.reconcile.encode_values does."""
+    """The columns' canonical texts joined as engine.reconcile.encode_values does (each value computed once)."""
     if not columns:
         return "''"
     parts = []
     for c in columns:
         value = normalised_sql(f"{image}.{quote(c.name)}", c.type, c.kind)
-        parts.append(f"coalesce(length({value})::text || ':' || {value}, '-')")
+        if c.kind not in _SAFE_KINDS:
+            value = f"replace(replace({value}, '\\', '\\\\'), ',', '\\,')"
+        parts.append(f"coalesce({value}, '\\N')")
     return " || ',' || ".join(parts)
 
 
@@ -601,31 +602,41 @@ def _hash60(expr: str) -> str:
     return f"('x' || substr(md5({expr}), 1, 15))::bit(60)::bigint"
 
 
+def _key_hash(spec) -> str:
+    if len(spec.key) == 1 and spec.key[0].kind == "int":  # engine.reconcile.key_hash: the key itself
+        return f"(t.{quote(spec.key[0].name)})::bigint & 1152921504606846975"
+    return _hash60(_encoded(spec.key, "t"))
+
+
 def _hashed_rows(spec, with_keys: bool) -> str:
     keys = "".join(f", t.{quote(c.name)} AS _k{i}" for i, c in enumerate(spec.key)) if with_keys else ""
     where = f" WHERE ({spec.where})" if spec.where else ""
-    inner = f"SELECT {_encoded(spec.key, 't')} AS k, {_encoded(spec.columns, 't')} AS r{keys} " \
-            f"FROM {qualified(spec.table.id)} t{where}"
+    inner = (f"SELECT {_encoded(spec.key, 't')} AS k, {_key_hash(spec)} AS kh, {_encoded(spec.columns, 't')} AS r"
+             f"{keys} FROM {qualified(spec.table.id)} t{where}")
     key_out = "".join(f", s._k{i}" for i in range(len(spec.key))) if with_keys else ""
     row_hash = _hash60("s.k || '|' || s.r")
-    return (f"SELECT s.k, {_hash60('s.k')} AS kh, {row_hash} AS rh{key_out} "
-            f"FROM ({inner}) s")
+    return f"SELECT s.k, s.kh, {row_hash} AS rh{key_out} FROM ({inner}) s"
+
+
+def _mask(bits: int) -> int:
+    return (1 << bits) - 1
 
 
 def bucket_sums_sql(spec, bits: int, within_bits: int | None) -> str:
-    """Per bucket (``kh >> (60 - bits)``): row count and the two 30-bit halves of the sum of ``rh``, exactly."""
-    within = f" WHERE h.kh >> {60 - within_bits} = ANY(%s::bigint[])" if within_bits is not None else ""
-    return (f"SELECT h.kh >> {60 - bits}, count(*), sum(h.rh >> 30), sum(h.rh & 1073741823) "
+    """Per bucket (``kh & (2^bits - 1)``): row count and the two 30-bit halves of the sum of ``rh``, exactly."""
+    within = f" WHERE h.kh & {_mask(within_bits)} = ANY(%s::bigint[])" if within_bits is not None else ""
+    return (f"SELECT h.kh & {_mask(bits)}, count(*), sum(h.rh >> 30), sum(h.rh & 1073741823) "
             f"FROM ({_hashed_rows(spec, False)}) h{within} GROUP BY 1")
 
 
 def row_hashes_sql(spec, within_bits: int) -> str:
     keys = "".join(f", h._k{i}" for i in range(len(spec.key)))
     return (f"SELECT h.k, h.rh{keys} FROM ({_hashed_rows(spec, True)}) h "
-            f"WHERE h.kh >> {60 - within_bits} = ANY(%s::bigint[])")
+            f"WHERE h.kh & {_mask(within_bits)} = ANY(%s::bigint[])")
 
 
-CHECKSUM_SESSION_SQL = ["SET TIME ZONE 'UTC'", "SET jit = off"]
+CHECKSUM_SESSION_SQL = ["SET TIME ZONE 'UTC'", "SET DateStyle = 'ISO, YMD'", "SET IntervalStyle = 'postgres'",
+                        "SET jit = off", "SET enable_sort = off"]
 
 
 def rows_by_key_sql(table: TableId, key: tuple[str, ...], count: int) -> str:

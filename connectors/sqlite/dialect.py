@@ -373,37 +373,43 @@ def column_kind(declared: str) -> str:
 
 
 def _encoded(columns, image: str) -> str:
+    """The columns' canonical texts joined as engine.reconcile.encode_values does."""
     if not columns:
         return "''"
     parts = []
     for c in columns:
         value = f"tiersync_norm({literal(c.kind)}, {image}.{quote(c.name)})"
-        parts.append(f"coalesce(length({value}) || ':' || {value}, '-')")
+        parts.append(f"coalesce(replace(replace({value}, '\\', '\\\\'), ',', '\\,'), '\\N')")
     return " || ',' || ".join(parts)
+
+
+def _key_hash(spec) -> str:
+    if len(spec.key) == 1 and spec.key[0].kind == "int":  # engine.reconcile.key_hash: the key itself
+        return f"(t.{quote(spec.key[0].name)} & 1152921504606846975)"
+    return f"tiersync_h60({_encoded(spec.key, 't')})"
 
 
 def _hashed_rows(spec, with_keys: bool) -> str:
     keys = "".join(f", t.{quote(c.name)} AS _k{i}" for i, c in enumerate(spec.key)) if with_keys else ""
     where = f" WHERE ({spec.where})" if spec.where else ""
-    inner = (f"SELECT {_encoded(spec.key, 't')} AS k, {_encoded(spec.columns, 't')} AS r{keys} "
-             f"FROM {quote(spec.table.id.name)} t{where}")
+    inner = (f"SELECT {_encoded(spec.key, 't')} AS k, {_key_hash(spec)} AS kh, {_encoded(spec.columns, 't')} AS r"
+             f"{keys} FROM {quote(spec.table.id.name)} t{where}")
     key_out = "".join(f", s._k{i}" for i in range(len(spec.key))) if with_keys else ""
-    return (f"SELECT s.k, tiersync_h60(s.k) AS kh, tiersync_h60(s.k || '|' || s.r) AS rh{key_out} "
-            f"FROM ({inner}) s")
+    return f"SELECT s.k, s.kh, tiersync_h60(s.k || '|' || s.r) AS rh{key_out} FROM ({inner}) s"
 
 
-_WITHIN = " WHERE h.kh >> {shift} IN (SELECT value FROM json_each(?))"
+_WITHIN = " WHERE h.kh & {mask} IN (SELECT value FROM json_each(?))"
 
 
 def bucket_sums_sql(spec, bits: int, within_bits: int | None) -> str:
-    within = _WITHIN.format(shift=60 - within_bits) if within_bits is not None else ""
-    return (f"SELECT h.kh >> {60 - bits}, count(*), sum(h.rh >> 30), sum(h.rh & 1073741823) "
+    within = _WITHIN.format(mask=(1 << within_bits) - 1) if within_bits is not None else ""
+    return (f"SELECT h.kh & {(1 << bits) - 1}, count(*), sum(h.rh >> 30), sum(h.rh & 1073741823) "
             f"FROM ({_hashed_rows(spec, False)}) h{within} GROUP BY 1")
 
 
 def row_hashes_sql(spec, within_bits: int) -> str:
     keys = "".join(f", h._k{i}" for i in range(len(spec.key)))
-    return f"SELECT h.k, h.rh{keys} FROM ({_hashed_rows(spec, True)}) h" + _WITHIN.format(shift=60 - within_bits)
+    return f"SELECT h.k, h.rh{keys} FROM ({_hashed_rows(spec, True)}) h" + _WITHIN.format(mask=(1 << within_bits) - 1)
 
 
 def rows_by_key_sql(table: TableInfo, key: tuple[str, ...], count: int) -> str:

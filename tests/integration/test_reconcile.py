@@ -59,7 +59,8 @@ PLANTED = [
     ("UPDATE item_copy SET doc = jsonb_set(doc, '{n}', '0') WHERE id = 27", 27, ["doc"]),
     ("UPDATE item_copy SET raw = '\\x00' WHERE id = 28", 28, ["raw"]),
     ("UPDATE item_copy SET title = '北京 30' WHERE id = 30", 30, ["title"]),  # source: 北京 30 → 北京市 30
-    ("UPDATE item_copy SET qty_text = '99' WHERE id = 31", 31, ["qty_text"]),  # a cast column: checked in Python
+    # a cast column is checked in Python, on the rows of buckets that differ in the pushed-down columns
+    ("UPDATE item_copy SET qty_text = '99', active = NOT active WHERE id = 31", 31, ["active", "qty_text"]),
     ("UPDATE item_copy SET born = NULL WHERE id = 32", 32, ["born"]),
 ]
 # equal values written differently: never reported
@@ -73,7 +74,8 @@ def test_pg_to_pg_equal_then_every_planted_drift_found_exactly_and_repaired(pg_p
     config, source, target = pg_pair
     report = reconcile(config, expect=0)
     assert (report["missing"], report["extra"], report["different"], report["in_flight"]) == (0, 0, 0, 0)
-    pg_exec(source, "UPDATE item SET label = NULL WHERE id = 21", "UPDATE item SET ratio = 0.1::float8 + 0.2 WHERE id = 24",
+    pg_exec(source, "UPDATE item SET label = NULL WHERE id = 21",
+            "UPDATE item SET ratio = 0.1::float8 + 0.2 WHERE id = 24",
             "UPDATE item SET label = '北京市 30' WHERE id = 30")
     pg_exec(target, "UPDATE item_copy SET title = NULL WHERE id = 21",
             "UPDATE item_copy SET ratio = 0.1::float8 + 0.2 WHERE id = 24",
