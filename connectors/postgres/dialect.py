@@ -623,9 +623,12 @@ def _mask(bits: int) -> int:
 
 
 def bucket_sums_sql(spec, bits: int, within_bits: int | None) -> str:
-    """Per bucket (``kh & (2^bits - 1)``): row count and the two 30-bit halves of the sum of ``rh``, exactly."""
+    """Per bucket (``kh & (2^bits - 1)``): row count and the exact sum of ``rh`` (sum(bigint) is numeric).
+
+    ``rh`` is used once: the planner inlines it, and a second aggregate over it would hash every row twice.
+    """
     within = f" WHERE h.kh & {_mask(within_bits)} = ANY(%s::bigint[])" if within_bits is not None else ""
-    return (f"SELECT h.kh & {_mask(bits)}, count(*), sum(h.rh >> 30), sum(h.rh & 1073741823) "
+    return (f"SELECT h.kh & {_mask(bits)}, count(*), sum(h.rh) "
             f"FROM ({_hashed_rows(spec, False)}) h{within} GROUP BY 1")
 
 

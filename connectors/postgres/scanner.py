@@ -82,7 +82,7 @@ class PostgresChecksummer(TableChecksummer):
     def bucket_sums(self, bits: int, within: list[int] | None, within_bits: int) -> dict[int, BucketSum]:
         sql = dialect.bucket_sums_sql(self.spec, bits, within_bits if within is not None else None)
         rows = self._run(sql, (within,) if within is not None else ()).fetchall()
-        return {b: BucketSum(n, (int(high) << 30) + int(low)) for b, n, high, low in rows}
+        return {b: BucketSum(n, int(total)) for b, n, total in rows}
 
     def row_hashes(self, within: list[int], within_bits: int) -> dict[str, tuple[int, tuple]]:
         rows = self._run(dialect.row_hashes_sql(self.spec, within_bits), (within,)).fetchall()

@@ -349,7 +349,8 @@ def value_decoder(declared: str) -> Callable[[Any], Any] | None:
 
 # ---------------------------------------------------------------- reconciliation (see engine.reconcile)
 # SQLite has no hash function and stores values of any type in any column: the checksum connection registers
-# tiersync_norm(kind, value) (engine.reconcile.normalise itself) and tiersync_h60(text) as SQL functions.
+# tiersync_norm(kind, value) (engine.reconcile.normalise itself), tiersync_h60(text) and the exact aggregate
+# tiersync_sum(integer) as SQL functions.
 
 _KINDS: list[tuple[re.Pattern, str]] = [
     (re.compile(r"^BOOL"), "bool"),
@@ -403,7 +404,8 @@ _WITHIN = " WHERE h.kh & {mask} IN (SELECT value FROM json_each(?))"
 
 def bucket_sums_sql(spec, bits: int, within_bits: int | None) -> str:
     within = _WITHIN.format(mask=(1 << within_bits) - 1) if within_bits is not None else ""
-    return (f"SELECT h.kh & {(1 << bits) - 1}, count(*), sum(h.rh >> 30), sum(h.rh & 1073741823) "
+    # SQLite's sum() fails on integer overflow: tiersync_sum adds exactly and returns the total as text
+    return (f"SELECT h.kh & {(1 << bits) - 1}, count(*), tiersync_sum(h.rh) "
             f"FROM ({_hashed_rows(spec, False)}) h{within} GROUP BY 1")
 
 

@@ -52,6 +52,19 @@ class SqliteTableScanner(TableScanner):
         self.conn.close()
 
 
+class _ExactSum:
+    """sum() of integers of any size (SQLite's own raises on overflow); the total is returned as text."""
+
+    def __init__(self):
+        self.total = 0
+
+    def step(self, value) -> None:
+        self.total += value
+
+    def finalize(self) -> str:
+        return str(self.total)
+
+
 class SqliteChecksummer(TableChecksummer):
     """Bucket checksums computed by SQLite, with tiersync's normalisation and hash as SQL functions."""
 
@@ -60,6 +73,7 @@ class SqliteChecksummer(TableChecksummer):
         self.conn = connect(url)
         self.conn.create_function("tiersync_norm", 2, normalise, deterministic=True)
         self.conn.create_function("tiersync_h60", 1, hash60, deterministic=True)
+        self.conn.create_aggregate("tiersync_sum", 1, _ExactSum)
 
     def _run(self, sql: str, params=()):
         try:
@@ -70,7 +84,7 @@ class SqliteChecksummer(TableChecksummer):
     def bucket_sums(self, bits: int, within: list[int] | None, within_bits: int) -> dict[int, BucketSum]:
         sql = dialect.bucket_sums_sql(self.spec, bits, within_bits if within is not None else None)
         rows = self._run(sql, (json.dumps(within),) if within is not None else ())
-        return {b: BucketSum(n, (high << 30) + low) for b, n, high, low in rows}
+        return {b: BucketSum(n, int(total)) for b, n, total in rows}
 
     def row_hashes(self, within: list[int], within_bits: int) -> dict[str, tuple[int, tuple]]:
         rows = self._run(dialect.row_hashes_sql(self.spec, within_bits), (json.dumps(within),))
