@@ -82,7 +82,8 @@ def _decimal_text(number: Decimal) -> str:
         return "NaN" if number.is_nan() else ("Infinity" if number > 0 else "-Infinity")
     if number.is_zero():
         return "0"
-    return format(number.normalize(), "f")
+    text = format(number, "f")  # exact (normalize() would round to the context's 28 digits)
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def _decimal(value: Any) -> str:
@@ -148,9 +149,18 @@ def _time(value: Any) -> str:
 
 
 def _json(value: Any) -> str:
-    if isinstance(value, (str, bytes)):
-        value = json.loads(value, parse_float=Decimal)
+    """A decoded JSON document (a str is a JSON string; engines storing JSON as text parse it first)."""
     return jsonb_text(value)
+
+
+def parse_json_text(value: Any) -> Any:
+    """JSON stored as text (SQLite, MariaDB) as the document it holds; text that is not JSON stays a string."""
+    if isinstance(value, (str, bytes)):
+        try:
+            return json.loads(value, parse_float=Decimal)
+        except ValueError:
+            return value
+    return value
 
 
 def jsonb_text(value: Any) -> str:

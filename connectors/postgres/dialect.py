@@ -563,8 +563,9 @@ def normalised_sql(ref: str, type_name: str, kind: str) -> str:
         return f"({ref})::text" if own == "int" else f"trim_scale(({ref})::numeric)::text"
     if kind == "decimal":
         return f"trim_scale(({ref})::numeric)::text"
-    if kind == "float":
-        return f"encode(float8send(({ref})::float8 + 0.0::float8), 'hex')"
+    if kind == "float":  # a real goes through its shortest text, as tiersync replicates it (1.1, not 1.10000002)
+        value = f"({ref})::text::float8" if own == "float" and type_name.lower() == "real" else f"({ref})::float8"
+        return f"encode(float8send({value} + 0.0::float8), 'hex')"
     if kind == "bool":
         return f"({ref})::boolean::text"
     if kind == "timestamp":  # ISO text (DateStyle ISO): fractions without trailing zeros, like normalise
@@ -639,7 +640,7 @@ def row_hashes_sql(spec, within_bits: int) -> str:
 
 
 CHECKSUM_SESSION_SQL = ["SET TIME ZONE 'UTC'", "SET DateStyle = 'ISO, YMD'", "SET IntervalStyle = 'postgres'",
-                        "SET jit = off", "SET enable_sort = off"]
+                        "SET extra_float_digits = 1", "SET jit = off", "SET enable_sort = off"]
 
 
 def rows_by_key_sql(table: TableId, key: tuple[str, ...], count: int) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from engine.reconcile import hash60, normalise
+from engine.reconcile import hash60, normalise, parse_json_text
 from engine.seams import BucketSum, CapturedTable, ChecksumSpec, TableChecksummer, TableScanner
 
 from . import dialect
@@ -52,6 +52,11 @@ class SqliteTableScanner(TableScanner):
         self.conn.close()
 
 
+def _normalise_stored(kind: str, value):
+    """engine.reconcile.normalise of a value as SQLite stores it (JSON as its text)."""
+    return normalise(kind, parse_json_text(value) if kind == "json" else value)
+
+
 class _ExactSum:
     """sum() of integers of any size (SQLite's own raises on overflow); the total is returned as text."""
 
@@ -71,7 +76,7 @@ class SqliteChecksummer(TableChecksummer):
     def __init__(self, url: str, spec: ChecksumSpec):
         self.spec = spec
         self.conn = connect(url)
-        self.conn.create_function("tiersync_norm", 2, normalise, deterministic=True)
+        self.conn.create_function("tiersync_norm", 2, _normalise_stored, deterministic=True)
         self.conn.create_function("tiersync_h60", 1, hash60, deterministic=True)
         self.conn.create_aggregate("tiersync_sum", 1, _ExactSum)
 
