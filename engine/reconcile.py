@@ -671,3 +671,76 @@ _EMPTY = BucketSum(0, 0)
 
 def _differing(source: dict[int, BucketSum], target: dict[int, BucketSum]) -> set[int]:
     return {b for b in set(source) | set(target) if source.get(b, _EMPTY) != target.get(b, _EMPTY)}
+
+
+# ------------------------------------------------------------------ run history
+
+RUN_FIELDS = ("pipeline", "source_table", "started_at", "run_by", "mode", "result", "missing", "extra", "different",
+              "in_flight", "repaired", "report")
+
+
+def run_record(pipeline: str, report: TableReport, started_at: datetime, run_by: str, mode: str, result: str,
+               repaired: dict | None, keys_kept: int = 100) -> dict:
+    """One reconcile run of one table, as the target's history table stores it (first keys only)."""
+    document = report.to_json(keys_kept)
+    return {"pipeline": pipeline, "source_table": report.source_table, "started_at": started_at, "run_by": run_by,
+            "mode": mode, "result": result, "missing": len(report.missing), "extra": len(report.extra),
+            "different": len(report.different), "in_flight": len(report.in_flight),
+            "repaired": json.dumps(repaired, default=str) if repaired else None,
+            "report": json.dumps(document, default=str, ensure_ascii=False)}
+
+
+# ------------------------------------------------------------------ incremental verification
+
+def verify_consumer(pipeline: str) -> str:
+    """The change-log consumer that remembers how far incremental verification has come."""
+    return f"{pipeline}.verify"
+
+
+@dataclass
+class ChangedKeys:
+    """Keys (target-key order) changed at the source since the last verified position, read by a verify consumer."""
+
+    keys: dict[TableId, set[tuple]]
+    position: str | None
+    first_run: bool
+    reader: Any  # the verify consumer's reader; acknowledge(position) once verified
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def changed_keys(reconciler: Reconciler, max_events: int = 10000) -> ChangedKeys:
+    """Read the source's change log as the pipeline's verify consumer, from its last verified position.
+
+    The verify consumer is registered with the change log like a pipeline, so the log keeps its changes until
+    a verification acknowledges them (run incremental verification regularly, or the log grows).
+    """
+    plan = reconciler.plan
+    if plan.config.source.capture != "trigger":
+        raise ConfigError([f"pipeline {plan.config.name}: --since-checkpoint reads the trigger change log; "
+                           f"this pipeline uses {plan.config.source.capture} capture (run full reconciles instead)"])
+    consumer = verify_consumer(plan.config.name)
+    start = plan.target.load_checkpoint(consumer)
+    tables = [reconciler.compares[t.info.id].captured for t in reconciler.tables]
+    reader = plan.source.reader(plan.config.source, consumer, tables, start, plan.node_id)
+    keys: dict[TableId, set[tuple]] = {t.info.id: set() for t in tables}
+    position = start
+    try:
+        while True:
+            batch = reader.read(max_events)
+            position = batch.position
+            for event in batch.events:
+                cp = reconciler.compares.get(event.table)
+                if cp is None or cp.target_key_of_source_key is None:
+                    continue
+                for image in (event.before, event.after):
+                    if image is not None:
+                        keys[event.table].add(cp.target_key_of_source_key(tuple(image.get(c) for c in cp.captured.key)))
+            if not batch.events and batch.caught_up:
+                break
+    except BaseException:
+        reader.close()
+        raise
+    return ChangedKeys(keys, position, start is None, reader)
+

@@ -323,6 +323,14 @@ class Connector(ABC):
         """The source's newest committed position, for fencing a comparison (None: no change log to fence by)."""
         return None
 
+    def save_reconcile_run(self, run: dict) -> None:
+        """Record one reconcile run of a table in this (target) database's state (see engine.reconcile.RUN_FIELDS)."""
+        raise TerminalError(f"reconcile does not support {self.scheme} databases yet")
+
+    def reconcile_runs(self, pipeline: str, limit: int) -> list[dict]:
+        """The latest reconcile runs of ``pipeline``, newest first."""
+        raise TerminalError(f"reconcile does not support {self.scheme} databases yet")
+
     def unapplied(self, source: SourceConfig, consumer: str, tables: list[TableId], position: str | None,
                   head: str | None = None) -> list[tuple[TableId, tuple]] | None:
         """(table, source key) of changes committed at ``head`` (or now) that ``position`` has not applied.

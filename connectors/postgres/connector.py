@@ -139,6 +139,25 @@ class PostgresConnector(Connector):
     def checksummer(self, spec: ChecksumSpec) -> TableChecksummer:
         return PostgresChecksummer(self.url, spec)
 
+    def save_reconcile_run(self, run: dict) -> None:
+        with connect(self.url) as conn:
+            try:
+                for statement in dialect.reconcile_run_ddl(self.state_schema):
+                    conn.execute(statement)
+                conn.execute(dialect.save_reconcile_run_sql(self.state_schema),
+                             [run[c] for c in dialect.RECONCILE_RUN_COLUMNS])
+                conn.commit()
+            except psycopg.Error as exc:
+                raise translate(exc, "recording the reconcile run") from None
+
+    def reconcile_runs(self, pipeline: str, limit: int) -> list[dict]:
+        rel = f"{dialect.quote(self.state_schema)}.tiersync_reconcile_run"
+        if not self._query(dialect.TABLE_EXISTS_SQL, {"rel": rel})[0][0]:
+            return []
+        columns = ["id", "finished_at"] + [c for c in dialect.RECONCILE_RUN_COLUMNS if c != "report"]
+        return [dict(zip(columns, r)) for r in
+                self._query(dialect.reconcile_runs_sql(self.state_schema), (pipeline, limit))]
+
     def _has_change_log(self) -> bool:
         rel = f"{dialect.quote(self.state_schema)}.tiersync_change_log"
         return bool(self._query(dialect.TABLE_EXISTS_SQL, {"rel": rel})[0][0])

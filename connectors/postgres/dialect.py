@@ -654,3 +654,37 @@ def unapplied_sql(schema: str, with_head: bool) -> str:
     head = " AND pg_visible_in_snapshot(l.txid, %(head)s::pg_snapshot)" if with_head else ""
     return (f"SELECT l.tbl, l.pk::text FROM {quote(schema)}.tiersync_change_log l "
             f"WHERE l.tbl = ANY(%(tables)s) AND NOT {_APPLIED_AT}{head} LIMIT %(limit)s")
+
+
+def reconcile_run_ddl(schema: str) -> list[str]:
+    return [DDL_LOCK_SQL, f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}",
+            f"""CREATE TABLE IF NOT EXISTS {quote(schema)}.tiersync_reconcile_run (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    pipeline text NOT NULL,
+    source_table text NOT NULL,
+    started_at timestamptz NOT NULL,
+    finished_at timestamptz NOT NULL DEFAULT now(),
+    run_by text NOT NULL,
+    mode text NOT NULL,
+    result text NOT NULL,
+    missing bigint NOT NULL,
+    extra bigint NOT NULL,
+    different bigint NOT NULL,
+    in_flight bigint NOT NULL,
+    repaired jsonb,
+    report jsonb
+)"""]
+
+
+RECONCILE_RUN_COLUMNS = ("pipeline", "source_table", "started_at", "run_by", "mode", "result", "missing", "extra",
+                         "different", "in_flight", "repaired", "report")
+
+
+def save_reconcile_run_sql(schema: str) -> str:
+    return (f"INSERT INTO {quote(schema)}.tiersync_reconcile_run ({', '.join(RECONCILE_RUN_COLUMNS)}) "
+            f"VALUES ({', '.join('%s' for _ in RECONCILE_RUN_COLUMNS)})")
+
+
+def reconcile_runs_sql(schema: str) -> str:
+    return (f"SELECT id, finished_at, {', '.join(c for c in RECONCILE_RUN_COLUMNS if c != 'report')} "
+            f"FROM {quote(schema)}.tiersync_reconcile_run WHERE pipeline = %s ORDER BY id DESC LIMIT %s")

@@ -117,6 +117,22 @@ class SqliteConnector(Connector):
     def checksummer(self, spec: ChecksumSpec) -> TableChecksummer:
         return SqliteChecksummer(self.url, spec)
 
+    def save_reconcile_run(self, run: dict) -> None:
+        conn = connect(self.url)
+        try:
+            conn.execute(dialect.RECONCILE_RUN_DDL)
+            conn.execute(dialect.SAVE_RECONCILE_RUN_SQL, [run[c] for c in dialect.RECONCILE_RUN_COLUMNS])
+        except sqlite3.Error as exc:
+            raise translate(exc, "recording the reconcile run") from None
+        finally:
+            conn.close()
+
+    def reconcile_runs(self, pipeline: str, limit: int) -> list[dict]:
+        if not self._has("tiersync_reconcile_run"):
+            return []
+        columns = ["id", "finished_at"] + [c for c in dialect.RECONCILE_RUN_COLUMNS if c != "report"]
+        return [dict(zip(columns, r)) for r in self._query(dialect.RECONCILE_RUNS_SQL, (pipeline, limit))]
+
     def fence_head(self, source: SourceConfig) -> str | None:
         if not self._has("tiersync_change_log"):
             return None

@@ -421,3 +421,27 @@ def rows_by_key_sql(table: TableInfo, key: tuple[str, ...], count: int) -> str:
 
 UNAPPLIED_SQL = ("SELECT tbl, pk FROM tiersync_change_log WHERE id > ? AND id <= ? "
                  "AND tbl IN (SELECT value FROM json_each(?)) LIMIT 1000000")
+
+
+RECONCILE_RUN_DDL = """CREATE TABLE IF NOT EXISTS tiersync_reconcile_run (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    pipeline TEXT NOT NULL,
+    source_table TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    run_by TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    result TEXT NOT NULL,
+    missing INTEGER NOT NULL,
+    extra INTEGER NOT NULL,
+    different INTEGER NOT NULL,
+    in_flight INTEGER NOT NULL,
+    repaired TEXT,
+    report TEXT
+)"""
+RECONCILE_RUN_COLUMNS = ("pipeline", "source_table", "started_at", "run_by", "mode", "result", "missing", "extra",
+                         "different", "in_flight", "repaired", "report")
+SAVE_RECONCILE_RUN_SQL = (f"INSERT INTO tiersync_reconcile_run ({', '.join(RECONCILE_RUN_COLUMNS)}) "
+                          f"VALUES ({', '.join('?' for _ in RECONCILE_RUN_COLUMNS)})")
+RECONCILE_RUNS_SQL = (f"SELECT id, finished_at, {', '.join(c for c in RECONCILE_RUN_COLUMNS if c != 'report')} "
+                      f"FROM tiersync_reconcile_run WHERE pipeline = ? ORDER BY id DESC LIMIT ?")

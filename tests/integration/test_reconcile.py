@@ -258,3 +258,34 @@ def test_postgres_normalisation_sql_agrees_with_the_reference(pg_databases):
     for row in rows:
         expected = tuple(normalise(connector.column_kind(t), row[c]) for c, t in types.items())
         assert in_sql[row["id"]] == expected, row
+
+
+def test_since_checkpoint_checks_only_changed_keys_and_history_records_runs(pg_pair):
+    config, source, target = pg_pair
+    cli("triggers", "install", "--config", str(config), "--pipeline", "p")
+    run_once(config)
+    first = reconcile(config, "--since-checkpoint", expect=0)  # the first incremental run is a full sweep
+    assert first["tables"][0]["checked_keys"] is None and first["verified_position"]
+    pg_exec(source, "UPDATE item SET qty = qty + 1 WHERE id IN (5, 6)", "DELETE FROM item WHERE id = 8")
+    run_once(config)
+    pg_exec(target, "UPDATE item_copy SET title = 'hand edit' WHERE id IN (5, 7)",  # 7 did not change at the source
+            "INSERT INTO item_copy (id) VALUES (8)")  # deleted at the source, back in the target
+    report = reconcile(config, "--since-checkpoint", expect=1)
+    assert report["tables"][0]["checked_keys"] == 3
+    assert keys(report, "different") == [5] and keys(report, "extra") == [8]
+    # drift found: the position is not advanced, so the same keys are checked again next time
+    report = reconcile(config, "--since-checkpoint", "--repair", expect=0)
+    assert report["tables"][0]["checked_keys"] == 3 and report["verified_position"]
+    report = reconcile(config, "--since-checkpoint", expect=0)
+    assert report["tables"][0]["checked_keys"] == 0
+    assert keys(reconcile(config, expect=1), "different") == [7]  # the full sweep still sees the rest
+    # the verify consumer's changes are purged once verified: the change log does not grow
+    assert pg_rows(source, "SELECT count(*) FROM tiersync.tiersync_change_log")[0][0] == 0
+    history = cli("reconcile", "history", "--config", str(config), "--pipeline", "p").output
+    lines = history.strip().splitlines()
+    assert len(lines) == 1 + 5, history
+    assert lines[1].split()[4:6] == ["full", "drifted"]  # newest first
+    assert "since-checkpoint" in lines[3] and "repaired" in lines[3] and '"upserted": 1' in lines[3]
+    runs = json.loads(cli("reconcile", "history", "--config", str(config), "--pipeline", "p", "--json").output)
+    assert [r["result"] for r in runs] == ["drifted", "equal", "repaired", "drifted", "equal"]
+    assert [r["mode"] for r in runs] == ["full"] + ["since-checkpoint"] * 3 + ["full"]
