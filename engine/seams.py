@@ -181,8 +181,26 @@ def same_origin_prefix(rows: list, origin_index: int) -> list:
     return rows
 
 
+@dataclass
+class LogCompaction:
+    """What compacting a change log did."""
+
+    rows_before: int = 0
+    rows_after: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+    purged: int = 0  # rows every consumer had applied
+    keys_compacted: int = 0  # keys whose several changes became one
+    rows_merged: int = 0  # rows removed by merging
+
+
 class TriggerCapture(ABC):
     """Trigger-based capture on one database: every statement can be shown before it runs."""
+
+    def compact(self, tables: list[CapturedTable], older_than: float = 0.0) -> LogCompaction:
+        """Purge what every consumer applied; merge each key's pending changes older than ``older_than`` seconds
+        into its net change (engine.compaction.net_log_change)."""
+        raise TerminalError("this database's change log cannot be compacted yet")
 
     @abstractmethod
     def install_statements(self, tables: list[CapturedTable]) -> list[str]: ...

@@ -415,3 +415,4 @@ def snapshot(config_path: str, pipeline_name: str, tables: tuple[str, ...], wher
         click.echo(f"{load.table}: {load.rows} rows loaded{extra}{dead}")
 
 main.add_command(__import__("ops.reconcile_cli", fromlist=["reconcile"]).reconcile)
+main.add_command(__import__("ops.compact_cli", fromlist=["compact"]).compact)

@@ -688,3 +688,30 @@ def save_reconcile_run_sql(schema: str) -> str:
 def reconcile_runs_sql(schema: str) -> str:
     return (f"SELECT id, finished_at, {', '.join(c for c in RECONCILE_RUN_COLUMNS if c != 'report')} "
             f"FROM {quote(schema)}.tiersync_reconcile_run WHERE pipeline = %s ORDER BY id DESC LIMIT %s")
+
+
+# ---------------------------------------------------------------- change-log compaction (see engine.compaction)
+
+def log_size_sql(schema: str) -> str:
+    return f"SELECT count(*), coalesce(sum(pg_column_size(l.*)), 0) FROM {quote(schema)}.tiersync_change_log l"
+
+
+def repeated_keys_sql(schema: str) -> str:
+    """Keys with several changes older than a number of seconds (one group per table and key)."""
+    return (f"SELECT l.tbl || ' ' || l.pk::text FROM {quote(schema)}.tiersync_change_log l "
+            f"WHERE l.tbl = ANY(%(tables)s) AND l.captured_at < now() - %(age)s * interval '1 second' "
+            f"GROUP BY l.tbl, l.pk::text HAVING count(*) > 1")
+
+
+def log_rows_of_keys_sql(schema: str) -> str:
+    return (f"SELECT l.id, l.tbl, l.pk::text, l.op, l.before::text, l.origin "
+            f"FROM {quote(schema)}.tiersync_change_log l WHERE l.tbl || ' ' || l.pk::text = ANY(%(groups)s) "
+            f"AND l.captured_at < now() - %(age)s * interval '1 second' ORDER BY l.id")
+
+
+def log_remove_sql(schema: str) -> str:
+    return f"DELETE FROM {quote(schema)}.tiersync_change_log WHERE id = ANY(%s)"
+
+
+def log_rewrite_sql(schema: str) -> str:
+    return f"UPDATE {quote(schema)}.tiersync_change_log SET op = %s, before = %s::json WHERE id = %s"
