@@ -445,3 +445,14 @@ SAVE_RECONCILE_RUN_SQL = (f"INSERT INTO tiersync_reconcile_run ({', '.join(RECON
                           f"VALUES ({', '.join('?' for _ in RECONCILE_RUN_COLUMNS)})")
 RECONCILE_RUNS_SQL = (f"SELECT id, finished_at, {', '.join(c for c in RECONCILE_RUN_COLUMNS if c != 'report')} "
                       f"FROM tiersync_reconcile_run WHERE pipeline = ? ORDER BY id DESC LIMIT ?")
+
+# change-log compaction (see engine.compaction); sizes are the images' lengths (approximate bytes)
+LOG_SIZE_SQL = ("SELECT count(*), coalesce(sum(length(coalesce(before, '')) + length(coalesce(after, '')) "
+                "+ length(coalesce(pk, '')) + length(tbl) + 40), 0) FROM tiersync_change_log")
+_OLDER = "captured_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?)"
+REPEATED_KEYS_SQL = (f"SELECT tbl || ' ' || pk FROM tiersync_change_log WHERE tbl IN (SELECT value FROM json_each(?)) "
+                     f"AND {_OLDER} GROUP BY tbl, pk HAVING count(*) > 1")
+LOG_ROWS_OF_KEYS_SQL = (f"SELECT id, tbl, pk, op, before, origin FROM tiersync_change_log "
+                        f"WHERE tbl || ' ' || pk IN (SELECT value FROM json_each(?)) AND {_OLDER} ORDER BY id")
+LOG_REMOVE_SQL = "DELETE FROM tiersync_change_log WHERE id IN (SELECT value FROM json_each(?))"
+LOG_REWRITE_SQL = "UPDATE tiersync_change_log SET op = ?, before = ? WHERE id = ?"

@@ -63,3 +63,32 @@ def test_net_log_change_rules():
     moved = rows("u", "u")
     moved[0].key_changed = True
     assert net_log_change(moved) is None
+
+
+def test_compaction_of_a_sqlite_change_log(tmp_path, pg_databases):
+    import sqlite3
+
+    path = tmp_path / "county.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE item (id INTEGER PRIMARY KEY, label TEXT, qty INTEGER)")
+        conn.executemany("INSERT INTO item VALUES (?, ?, 0)", [(i, f"第{i}项") for i in range(1, 201)])
+    _, target = pg_databases
+    pg_exec(target, DDL)
+    config = write_node(tmp_path / "node.yaml", {"src": f"sqlite:///{path}", "dst": target}, [{
+        "name": "p", "source": {"database": "src", "tables": ["item"]}, "target": {"database": "dst"},
+        "initial_load": True}])
+    cli("triggers", "install", "--config", str(config), "--pipeline", "p")
+    run_once(config)
+    with sqlite3.connect(path) as conn:
+        for _ in range(20):
+            conn.execute("UPDATE item SET qty = qty + 1 WHERE id <= 50")
+        conn.execute("DELETE FROM item WHERE id = 60")
+        conn.execute("INSERT INTO item VALUES (60, 'again', 6)")
+        logged = conn.execute("SELECT count(*) FROM tiersync_change_log").fetchone()[0]
+    assert logged == 20 * 50 + 2
+    output = cli("compact", "--config", str(config)).output
+    assert f"change log {logged} → 51 rows" in output and "51 keys compacted" in output, output
+    run_once(config)
+    with sqlite3.connect(path) as conn:
+        expected = conn.execute(SAME).fetchall()
+    assert pg_rows(target, SAME) == expected
