@@ -32,7 +32,7 @@ import time as clock
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -143,6 +143,8 @@ def _date(value: Any) -> str:
 def _time(value: Any) -> str:
     if isinstance(value, str):
         value = time.fromisoformat(value.strip())
+    if isinstance(value, timedelta) and timedelta(0) <= value < timedelta(days=1):  # MySQL TIME, as drivers read it
+        value = (datetime.min + value).time()
     if isinstance(value, datetime):
         value = value.time()
     return _seconds(value)
@@ -293,8 +295,10 @@ def compare_plan(plan: PipelinePlan, table: CapturedTable, where: str | None, ta
         if target_column is None or source_column is None:
             continue
         kind = _pair_kind(plan.source.column_kind(source_column.type), plan.target.column_kind(target_column.type))
+        pushable = plan.source.pushable(kind) and plan.target.pushable(kind)
         if plan_.convert is None:
             renamed_from[plan_.target] = plan_.source
+        if plan_.convert is None and pushable:
             if plan_.target not in mapping.target_key:
                 pushed_source.append(CompareColumn(plan_.source, source_column.type, kind))
                 pushed_target.append(CompareColumn(plan_.target, target_column.type, kind))

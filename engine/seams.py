@@ -334,6 +334,10 @@ class Connector(ABC):
         """The canonical kind (engine.reconcile.KINDS) of a column of this database's type ``type_name``."""
         raise TerminalError(f"reconcile does not support {self.scheme} databases yet")
 
+    def pushable(self, kind: str) -> bool:
+        """Whether this database can compute the canonical text of ``kind`` (else it is compared in Python)."""
+        return True
+
     def checksummer(self, spec: ChecksumSpec) -> TableChecksummer:
         raise TerminalError(f"reconcile does not support {self.scheme} databases yet")
 
