@@ -92,3 +92,50 @@ def test_compaction_of_a_sqlite_change_log(tmp_path, pg_databases):
     with sqlite3.connect(path) as conn:
         expected = conn.execute(SAME).fetchall()
     assert pg_rows(target, SAME) == expected
+
+
+def test_compaction_while_the_pipeline_runs_loses_nothing(tmp_path, pg_databases):
+    import threading
+
+    import psycopg
+
+    from engine.config import load_config
+    from engine.node import run_node
+
+    source, target = pg_databases
+    pg_exec(source, DDL, "INSERT INTO item SELECT g, 'row ' || g, 0 FROM generate_series(1, 300) g")
+    pg_exec(target, DDL)
+    config = write_node(tmp_path / "node.yaml", {"src": source, "dst": target}, [{
+        "name": "p", "source": {"database": "src", "tables": ["item"]}, "target": {"database": "dst"},
+        "initial_load": True, "batch_size": 50, "poll_interval": 0.02}])
+    cli("triggers", "install", "--config", str(config), "--pipeline", "p")
+    stop = threading.Event()
+    runner = threading.Thread(target=run_node, args=(load_config(config), ["p"]), kwargs={"stop": stop, "once": False})
+    runner.start()
+
+    def write():
+        with psycopg.connect(source, autocommit=True) as conn:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                key = i % 40 + 1
+                conn.execute("UPDATE item SET qty = qty + 1, label = %s WHERE id = %s", (f"v{i}", key))
+                if i % 7 == 0:
+                    conn.execute("DELETE FROM item WHERE id = %s", (300 + i % 13,))
+                    conn.execute("INSERT INTO item VALUES (%s, 'back', %s) ON CONFLICT (id) DO UPDATE SET qty = %s",
+                                 (300 + i % 13, i, i))
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    merged = 0
+    try:
+        for _ in range(15):
+            output = cli("compact", "--config", str(config)).output
+            merged += int(re.search(r"(\d+) changes merged away", output).group(1))
+    finally:
+        stop.set()
+        writer.join()
+        runner.join()
+    run_once(config)
+    assert pg_rows(source, SAME) == pg_rows(target, SAME)
+    print(f"{merged} changes merged away while the pipeline ran")
