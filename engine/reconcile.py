@@ -546,6 +546,8 @@ class Reconciler:
                 report.missing.append(Difference("missing", key))
             else:
                 report.different.append(Difference("different", key, columns))
+        for found in (report.missing, report.extra, report.different, report.in_flight):
+            found.sort(key=_key_order)
 
     def _wait_for(self, cp: ComparePlan, head: str, report: TableReport) -> bool:
         """Wait until the target's checkpoint has applied every change the source had committed at ``head``."""
@@ -671,6 +673,12 @@ class Reconciler:
 
 
 _EMPTY = BucketSum(0, 0)
+
+
+def _key_order(difference: Difference) -> list:
+    """Keys in their natural order (numbers as numbers), whatever their types."""
+    return [(0, v, "") if isinstance(v, (int, float, Decimal)) and not isinstance(v, bool) else (1, 0, str(v))
+            for v in difference.key]
 
 
 def _differing(source: dict[int, BucketSum], target: dict[int, BucketSum]) -> set[int]:

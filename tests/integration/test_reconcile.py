@@ -122,8 +122,15 @@ def test_large_drift_recommends_and_performs_a_reload(pg_pair):
     pg_exec(target, "UPDATE item_copy SET title = 'x' WHERE id % 2 = 0")
     report = reconcile(config, expect=1)
     assert report["different"] == 1500 and "re-load" in report["tables"][0]["recommendation"]
+    text = cli("reconcile", "--config", str(config), "--pipeline", "p", "--show", "3", expect=1).output
+    assert "missing 0, extra 0, different 1500, in flight 0" in text
+    assert "different: [2], [4], [6] … and 1497 more" in text and "columns that differ: title (1500)" in text
+    assert "recommendation:" in text
+    assert text.rstrip().endswith("DRIFTED: missing 0, extra 0, different 1500, in flight 0")
     report = reconcile(config, "--repair", "--reload-threshold", "0.3", expect=0)
     assert report["tables"][0]["repair"]["reload"] is True
+    assert cli("reconcile", "--config", str(config), "--pipeline", "p").output.rstrip().endswith(
+        "equal: missing 0, extra 0, different 0, in flight 0")
 
 
 def test_bad_input_exits_2_with_a_clear_message(pg_pair):
