@@ -8,6 +8,8 @@ drops what came before it for that table and runs first.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .event import Op
 from .mapping import TargetChange
 
@@ -47,3 +49,43 @@ def compact(changes: list[TargetChange]) -> list[TargetChange]:
         else:  # delete then upsert: the new row replaces whatever was there
             net[ident] = change
     return truncates + appends + list(net.values())
+
+
+# ------------------------------------------------------------------ compacting a source's change log
+
+@dataclass
+class LogRow:
+    """One change-log row as compaction sees it (images as their JSON text)."""
+
+    id: int
+    op: str  # c | u | d
+    before: str | None
+    origin: str | None
+    key_changed: bool = False  # an update that moved the row to another key
+
+
+@dataclass
+class NetChange:
+    keep: int  # the id of the row that stays (the key's last change), rewritten as op/before
+    op: str
+    before: str | None
+    remove: list[int]
+
+
+def net_log_change(rows: list[LogRow]) -> NetChange | None:
+    """The key's changes (in id order) as one row: its last row, carrying the net effect; None: leave them.
+
+    Safe for a consumer that has already read any prefix of them: the kept row is the last one and carries
+    the final state on its own (a last delete stays a delete, even after an insert: deleting nothing is
+    harmless). Changes of different origins are never merged (echo filtering needs each origin), nor chains
+    in which the key itself changed.
+    """
+    if len(rows) < 2 or len({r.origin for r in rows}) > 1 or any(r.key_changed for r in rows):
+        return None
+    first, last = rows[0], rows[-1]
+    if last.op == "d":
+        return NetChange(last.id, "d", last.before, [r.id for r in rows[:-1]])
+    if first.op == "c":
+        return NetChange(last.id, "c", None, [r.id for r in rows[:-1]])
+    return NetChange(last.id, "u", first.before, [r.id for r in rows[:-1]])
+

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from .config import SourceConfig
+from .errors import TerminalError
 from .event import ChangeEvent, TableId
 from .schema import TableInfo
 
@@ -77,6 +78,54 @@ class SnapshotProgress:
     done: bool = False
 
 
+@dataclass(frozen=True)
+class CompareColumn:
+    """A column reconcile compares: its name and type on one side, and the canonical kind both sides share."""
+
+    name: str
+    type: str
+    kind: str  # one of engine.reconcile.KINDS
+
+
+@dataclass(frozen=True)
+class ChecksumSpec:
+    """What one side of a comparison hashes: the key and compared columns in one order shared by both sides."""
+
+    table: TableInfo
+    key: tuple[CompareColumn, ...]
+    columns: tuple[CompareColumn, ...]
+    where: str | None = None
+
+
+@dataclass(frozen=True)
+class BucketSum:
+    count: int
+    total: int  # sum of the rows' 60-bit hashes (exact)
+
+
+class TableChecksummer(ABC):
+    """Checksums of a table's normalised rows, computed inside its database (see engine.reconcile).
+
+    A row's key text and row text are the normalised values of ``spec.key`` and ``spec.columns`` joined as
+    engine.reconcile.encode_values does (backslash and comma escaped, NULL as ``\\N``). ``rh`` is the first 60 bits
+    of md5(key text || '|' || row text); ``kh``, the key's hash, is engine.reconcile.key_hash: the key's own value
+    (low 60 bits) for a single integer key column, else the first 60 bits of md5(key text). A bucket at ``bits`` is
+    ``kh & (2**bits - 1)``: buckets never follow key order, so collations cannot mislead them.
+    """
+
+    @abstractmethod
+    def bucket_sums(self, bits: int, within: list[int] | None, within_bits: int) -> dict[int, BucketSum]:
+        """Per bucket: row count and the exact sum of ``rh``; only buckets whose prefix at ``within_bits`` is in
+        ``within`` (all when None)."""
+
+    @abstractmethod
+    def row_hashes(self, within: list[int], within_bits: int) -> dict[str, tuple[int, tuple]]:
+        """Key text → (rh, the key's values) for the rows in the buckets ``within`` at ``within_bits``."""
+
+    def close(self) -> None:  # noqa: B027 - optional
+        pass
+
+
 class TableScanner(ABC):
     """Reads a table's current rows in key order, in chunks, each in its own short statement."""
 
@@ -94,6 +143,10 @@ class TableScanner(ABC):
     @abstractmethod
     def existing(self, keys: list[tuple]) -> set[tuple]:
         """Which of ``keys`` the table holds."""
+
+    def rows(self, keys: list[tuple]) -> list[dict]:
+        """The rows with these keys (any order), decoded like change-log images."""
+        raise NotImplementedError
 
     def close(self) -> None:  # noqa: B027 - optional
         pass
@@ -128,8 +181,26 @@ def same_origin_prefix(rows: list, origin_index: int) -> list:
     return rows
 
 
+@dataclass
+class LogCompaction:
+    """What compacting a change log did."""
+
+    rows_before: int = 0
+    rows_after: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+    purged: int = 0  # rows every consumer had applied
+    keys_compacted: int = 0  # keys whose several changes became one
+    rows_merged: int = 0  # rows removed by merging
+
+
 class TriggerCapture(ABC):
     """Trigger-based capture on one database: every statement can be shown before it runs."""
+
+    def compact(self, tables: list[CapturedTable], older_than: float = 0.0) -> LogCompaction:
+        """Purge what every consumer applied; merge each key's pending changes older than ``older_than`` seconds
+        into its net change (engine.compaction.net_log_change)."""
+        raise TerminalError("this database's change log cannot be compacted yet")
 
     @abstractmethod
     def install_statements(self, tables: list[CapturedTable]) -> list[str]: ...
@@ -256,6 +327,39 @@ class Connector(ABC):
 
     @abstractmethod
     def load_snapshot_progress(self, pipeline: str, table: str) -> SnapshotProgress | None: ...
+
+    # ---- reconciliation (optional: a connector without it cannot be reconciled)
+
+    def column_kind(self, type_name: str) -> str:
+        """The canonical kind (engine.reconcile.KINDS) of a column of this database's type ``type_name``."""
+        raise TerminalError(f"reconcile does not support {self.scheme} databases yet")
+
+    def pushable(self, kind: str) -> bool:
+        """Whether this database can compute the canonical text of ``kind`` (else it is compared in Python)."""
+        return True
+
+    def checksummer(self, spec: ChecksumSpec) -> TableChecksummer:
+        raise TerminalError(f"reconcile does not support {self.scheme} databases yet")
+
+    def fence_head(self, source: SourceConfig) -> str | None:
+        """The source's newest committed position, for fencing a comparison (None: no change log to fence by)."""
+        return None
+
+    def save_reconcile_run(self, run: dict) -> None:
+        """Record one reconcile run of a table in this (target) database's state (see engine.reconcile.RUN_FIELDS)."""
+        raise TerminalError(f"reconcile does not support {self.scheme} databases yet")
+
+    def reconcile_runs(self, pipeline: str, limit: int) -> list[dict]:
+        """The latest reconcile runs of ``pipeline``, newest first."""
+        raise TerminalError(f"reconcile does not support {self.scheme} databases yet")
+
+    def unapplied(self, source: SourceConfig, consumer: str, tables: list[TableId], position: str | None,
+                  head: str | None = None) -> list[tuple[TableId, tuple]] | None:
+        """(table, source key) of changes committed at ``head`` (or now) that ``position`` has not applied.
+
+        None: this source cannot tell.
+        """
+        return None
 
     @abstractmethod
     def load_checkpoint(self, pipeline: str) -> str | None: ...

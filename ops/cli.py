@@ -415,4 +415,10 @@ def snapshot(config_path: str, pipeline_name: str, tables: tuple[str, ...], wher
         click.echo(f"{load.table}: {load.rows} rows loaded{extra}{dead}")
 
 
-main.add_command(__import__("ops.binlog_cli", fromlist=["binlog"]).binlog)
+# command groups that live in their own modules
+from ops.binlog_cli import binlog  # noqa: E402
+from ops.compact_cli import compact  # noqa: E402
+from ops.reconcile_cli import reconcile  # noqa: E402
+
+for _command in (binlog, reconcile, compact):
+    main.add_command(_command)

@@ -10,10 +10,12 @@ from engine.event import TableId
 from engine.schema import ColumnInfo, TableInfo
 from engine.seams import (
     CapturedTable,
+    ChecksumSpec,
     Connector,
     Reader,
     SnapshotProgress,
     SourceProgress,
+    TableChecksummer,
     TableScanner,
     TargetSession,
     TriggerCapture,
@@ -24,7 +26,7 @@ from .connection import connect, parse_image
 from .errors import translate
 from .position import PostgresLogPosition
 from .reader import PostgresChangeLogReader
-from .scanner import PostgresTableScanner
+from .scanner import PostgresChecksummer, PostgresTableScanner
 from .session import PostgresSession
 from .triggers import PostgresTriggerCapture
 
@@ -131,6 +133,52 @@ class PostgresConnector(Connector):
 
     def table_scanner(self, table: CapturedTable) -> TableScanner:
         return PostgresTableScanner(self.url, table)
+
+    def column_kind(self, type_name: str) -> str:
+        return dialect.column_kind(type_name)
+
+    def checksummer(self, spec: ChecksumSpec) -> TableChecksummer:
+        return PostgresChecksummer(self.url, spec)
+
+    def save_reconcile_run(self, run: dict) -> None:
+        with connect(self.url) as conn:
+            try:
+                for statement in dialect.reconcile_run_ddl(self.state_schema):
+                    conn.execute(statement)
+                conn.execute(dialect.save_reconcile_run_sql(self.state_schema),
+                             [run[c] for c in dialect.RECONCILE_RUN_COLUMNS])
+                conn.commit()
+            except psycopg.Error as exc:
+                raise translate(exc, "recording the reconcile run") from None
+
+    def reconcile_runs(self, pipeline: str, limit: int) -> list[dict]:
+        rel = f"{dialect.quote(self.state_schema)}.tiersync_reconcile_run"
+        if not self._query(dialect.TABLE_EXISTS_SQL, {"rel": rel})[0][0]:
+            return []
+        columns = ["id", "finished_at"] + [c for c in dialect.RECONCILE_RUN_COLUMNS if c != "report"]
+        return [dict(zip(columns, r)) for r in
+                self._query(dialect.reconcile_runs_sql(self.state_schema), (pipeline, limit))]
+
+    def _has_change_log(self) -> bool:
+        rel = f"{dialect.quote(self.state_schema)}.tiersync_change_log"
+        return bool(self._query(dialect.TABLE_EXISTS_SQL, {"rel": rel})[0][0])
+
+    def fence_head(self, source: SourceConfig) -> str | None:
+        if source.capture != "trigger" or not self._has_change_log():
+            return None  # logical capture: positions are not comparable while a pipeline idles
+        return self._query(dialect.SNAPSHOT_SQL)[0][0]
+
+    def unapplied(self, source: SourceConfig, consumer: str, tables: list[TableId], position: str | None,
+                  head: str | None = None) -> list[tuple[TableId, tuple]] | None:
+        if source.capture != "trigger":
+            return None
+        if not self._has_change_log():
+            return []
+        pos = PostgresLogPosition.deserialise(position) if position else PostgresLogPosition()
+        params = {"prev": pos.prev, "cur": pos.cur, "last_id": pos.last_id, "tables": [str(t) for t in tables],
+                  "head": head, "limit": 1_000_000}
+        rows = self._query(dialect.unapplied_sql(self.state_schema, head is not None), params)
+        return [(TableId.parse(tbl), tuple(parse_image(pk) or ())) for tbl, pk in rows]
 
     def load_snapshot_progress(self, pipeline: str, table: str) -> SnapshotProgress | None:
         if not self._state_exists():

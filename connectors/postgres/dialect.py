@@ -522,3 +522,196 @@ def value_decoder(type_name: str) -> Callable[[Any], Any] | None:
 
 def is_json_type(type_name: str) -> bool:
     return type_name in ("json", "jsonb")
+
+
+# ---------------------------------------------------------------- reconciliation (see engine.reconcile)
+
+_INT_TYPES = ("smallint", "integer", "bigint")
+
+
+def column_kind(type_name: str) -> str:
+    """The canonical kind reconcile compares a column of this type as."""
+    t = type_name.lower()
+    if t in _INT_TYPES:
+        return "int"
+    if t.startswith("numeric"):
+        return "decimal"
+    if t in ("real", "double precision"):
+        return "float"
+    if t == "boolean":
+        return "bool"
+    if t.startswith("timestamp"):
+        return "timestamp"
+    if t == "date":
+        return "date"
+    if t.startswith("time") and t.endswith("without time zone"):
+        return "time"
+    if t in ("json", "jsonb"):
+        return "json"
+    if t == "bytea":
+        return "bytes"
+    return "text"
+
+
+def normalised_sql(ref: str, type_name: str, kind: str) -> str:
+    """SQL for the canonical text of column ``ref`` (of ``type_name``) as ``kind``: engine.reconcile.normalise.
+
+    The session's time zone must be UTC (naive text read as a timestamp means UTC).
+    """
+    own = column_kind(type_name)
+    if kind == "int":
+        return f"({ref})::text" if own == "int" else f"trim_scale(({ref})::numeric)::text"
+    if kind == "decimal":
+        return f"trim_scale(({ref})::numeric)::text"
+    if kind == "float":  # a real goes through its shortest text, as tiersync replicates it (1.1, not 1.10000002)
+        value = f"({ref})::text::float8" if own == "float" and type_name.lower() == "real" else f"({ref})::float8"
+        return f"encode(float8send({value} + 0.0::float8), 'hex')"
+    if kind == "bool":
+        return f"({ref})::boolean::text"
+    if kind == "timestamp":  # ISO text (DateStyle ISO): fractions without trailing zeros, like normalise
+        if type_name.lower().startswith("timestamp") and "with time zone" not in type_name.lower():
+            return f"({ref})::timestamp::text"
+        return f"(({ref})::timestamptz AT TIME ZONE 'UTC')::text"
+    if kind == "date":
+        return f"({ref})::date::text"
+    if kind == "time":
+        return f"({ref})::time::text"
+    if kind == "json":
+        return f"({ref})::jsonb::text"
+    if kind == "bytes":
+        return f"encode(({ref})::bytea, 'hex')"
+    return f"({ref})::text"
+
+
+_SAFE_KINDS = ("int", "decimal", "float", "bool", "timestamp", "date", "time", "bytes")  # engine.reconcile.SAFE_KINDS
+
+
+def _encoded(columns, image: str) -> str:
+    """The columns' canonical texts joined as engine.reconcile.encode_values does (each value computed once)."""
+    if not columns:
+        return "''"
+    parts = []
+    for c in columns:
+        value = normalised_sql(f"{image}.{quote(c.name)}", c.type, c.kind)
+        if c.kind not in _SAFE_KINDS:
+            value = f"replace(replace({value}, '\\', '\\\\'), ',', '\\,')"
+        parts.append(f"coalesce({value}, '\\N')")
+    return " || ',' || ".join(parts)
+
+
+def _hash60(expr: str) -> str:
+    return f"('x' || substr(md5({expr}), 1, 15))::bit(60)::bigint"
+
+
+def _key_hash(spec) -> str:
+    if len(spec.key) == 1 and spec.key[0].kind == "int":  # engine.reconcile.key_hash: the key itself
+        return f"(t.{quote(spec.key[0].name)})::bigint & 1152921504606846975"
+    return _hash60(_encoded(spec.key, "t"))
+
+
+def _hashed_rows(spec, with_keys: bool) -> str:
+    keys = "".join(f", t.{quote(c.name)} AS _k{i}" for i, c in enumerate(spec.key)) if with_keys else ""
+    where = f" WHERE ({spec.where})" if spec.where else ""
+    inner = (f"SELECT {_encoded(spec.key, 't')} AS k, {_key_hash(spec)} AS kh, {_encoded(spec.columns, 't')} AS r"
+             f"{keys} FROM {qualified(spec.table.id)} t{where}")
+    key_out = "".join(f", s._k{i}" for i in range(len(spec.key))) if with_keys else ""
+    row_hash = _hash60("s.k || '|' || s.r")
+    return f"SELECT s.k, s.kh, {row_hash} AS rh{key_out} FROM ({inner}) s"
+
+
+def _mask(bits: int) -> int:
+    return (1 << bits) - 1
+
+
+def bucket_sums_sql(spec, bits: int, within_bits: int | None) -> str:
+    """Per bucket (``kh & (2^bits - 1)``): row count and the exact sum of ``rh`` (sum(bigint) is numeric).
+
+    ``rh`` is used once: the planner inlines it, and a second aggregate over it would hash every row twice.
+    """
+    within = f" WHERE h.kh & {_mask(within_bits)} = ANY(%s::bigint[])" if within_bits is not None else ""
+    return (f"SELECT h.kh & {_mask(bits)}, count(*), sum(h.rh) "
+            f"FROM ({_hashed_rows(spec, False)}) h{within} GROUP BY 1")
+
+
+def row_hashes_sql(spec, within_bits: int) -> str:
+    keys = "".join(f", h._k{i}" for i in range(len(spec.key)))
+    return (f"SELECT h.k, h.rh{keys} FROM ({_hashed_rows(spec, True)}) h "
+            f"WHERE h.kh & {_mask(within_bits)} = ANY(%s::bigint[])")
+
+
+CHECKSUM_SESSION_SQL = ["SET TIME ZONE 'UTC'", "SET DateStyle = 'ISO, YMD'", "SET IntervalStyle = 'postgres'",
+                        "SET extra_float_digits = 1", "SET jit = off", "SET enable_sort = off"]
+
+
+def rows_by_key_sql(table: TableId, key: tuple[str, ...], count: int) -> str:
+    cols = ", ".join(f"t.{quote(c)}" for c in key)
+    rows = ", ".join("(" + ", ".join("%s" for _ in key) + ")" for _ in range(count))
+    return f"SELECT row_to_json(t)::text FROM {qualified(table)} t WHERE ({cols}) IN ({rows})"
+
+
+def unapplied_sql(schema: str, with_head: bool) -> str:
+    """Change-log rows of ``tables`` the consumer at a position has not applied (committed at ``head``)."""
+    head = " AND pg_visible_in_snapshot(l.txid, %(head)s::pg_snapshot)" if with_head else ""
+    return (f"SELECT l.tbl, l.pk::text FROM {quote(schema)}.tiersync_change_log l "
+            f"WHERE l.tbl = ANY(%(tables)s) AND NOT {_APPLIED_AT}{head} LIMIT %(limit)s")
+
+
+def reconcile_run_ddl(schema: str) -> list[str]:
+    return [DDL_LOCK_SQL, f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}",
+            f"""CREATE TABLE IF NOT EXISTS {quote(schema)}.tiersync_reconcile_run (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    pipeline text NOT NULL,
+    source_table text NOT NULL,
+    started_at timestamptz NOT NULL,
+    finished_at timestamptz NOT NULL DEFAULT now(),
+    run_by text NOT NULL,
+    mode text NOT NULL,
+    result text NOT NULL,
+    missing bigint NOT NULL,
+    extra bigint NOT NULL,
+    different bigint NOT NULL,
+    in_flight bigint NOT NULL,
+    repaired jsonb,
+    report jsonb
+)"""]
+
+
+RECONCILE_RUN_COLUMNS = ("pipeline", "source_table", "started_at", "run_by", "mode", "result", "missing", "extra",
+                         "different", "in_flight", "repaired", "report")
+
+
+def save_reconcile_run_sql(schema: str) -> str:
+    return (f"INSERT INTO {quote(schema)}.tiersync_reconcile_run ({', '.join(RECONCILE_RUN_COLUMNS)}) "
+            f"VALUES ({', '.join('%s' for _ in RECONCILE_RUN_COLUMNS)})")
+
+
+def reconcile_runs_sql(schema: str) -> str:
+    return (f"SELECT id, finished_at, {', '.join(c for c in RECONCILE_RUN_COLUMNS if c != 'report')} "
+            f"FROM {quote(schema)}.tiersync_reconcile_run WHERE pipeline = %s ORDER BY id DESC LIMIT %s")
+
+
+# ---------------------------------------------------------------- change-log compaction (see engine.compaction)
+
+def log_size_sql(schema: str) -> str:
+    return f"SELECT count(*), coalesce(sum(pg_column_size(l.*)), 0) FROM {quote(schema)}.tiersync_change_log l"
+
+
+def repeated_keys_sql(schema: str) -> str:
+    """Keys with several changes older than a number of seconds (one group per table and key)."""
+    return (f"SELECT l.tbl || ' ' || l.pk::text FROM {quote(schema)}.tiersync_change_log l "
+            f"WHERE l.tbl = ANY(%(tables)s) AND l.captured_at < now() - %(age)s * interval '1 second' "
+            f"GROUP BY l.tbl, l.pk::text HAVING count(*) > 1")
+
+
+def log_rows_of_keys_sql(schema: str) -> str:
+    return (f"SELECT l.id, l.tbl, l.pk::text, l.op, l.before::text, l.origin "
+            f"FROM {quote(schema)}.tiersync_change_log l WHERE l.tbl || ' ' || l.pk::text = ANY(%(groups)s) "
+            f"AND l.captured_at < now() - %(age)s * interval '1 second' ORDER BY l.id")
+
+
+def log_remove_sql(schema: str) -> str:
+    return f"DELETE FROM {quote(schema)}.tiersync_change_log WHERE id = ANY(%s)"
+
+
+def log_rewrite_sql(schema: str) -> str:
+    return f"UPDATE {quote(schema)}.tiersync_change_log SET op = %s, before = %s::json WHERE id = %s"

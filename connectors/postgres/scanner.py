@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 
 from engine.jsontext import column_decoders, decode_row
-from engine.seams import CapturedTable, TableScanner
+from engine.seams import BucketSum, CapturedTable, ChecksumSpec, TableChecksummer, TableScanner
 
 from . import dialect
 from .connection import connect, parse_image
@@ -53,6 +53,40 @@ class PostgresTableScanner(TableScanner):
             return set()
         sql = dialect.existing_keys_sql(self.table.info.id, self.table.key, len(keys))
         return {tuple(r) for r in self._run(sql, [v for k in keys for v in k]).fetchall()}
+
+    def rows(self, keys: list[tuple]) -> list[dict]:
+        if not keys:
+            return []
+        sql = dialect.rows_by_key_sql(self.table.info.id, self.table.key, len(keys))
+        return [decode_image(text, self.decoders) for (text,) in self._run(sql, [v for k in keys for v in k])]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class PostgresChecksummer(TableChecksummer):
+    """Bucket checksums of a table's normalised rows, computed by PostgreSQL (one statement per call)."""
+
+    def __init__(self, url: str, spec: ChecksumSpec):
+        self.spec = spec
+        self.conn = connect(url, autocommit=True, application="tiersync-reconcile")
+        for statement in dialect.CHECKSUM_SESSION_SQL:
+            self._run(statement)
+
+    def _run(self, sql: str, params=()):
+        try:
+            return self.conn.execute(sql, params)
+        except psycopg.Error as exc:
+            raise translate(exc, f"checksumming {self.spec.table.id}") from None
+
+    def bucket_sums(self, bits: int, within: list[int] | None, within_bits: int) -> dict[int, BucketSum]:
+        sql = dialect.bucket_sums_sql(self.spec, bits, within_bits if within is not None else None)
+        rows = self._run(sql, (within,) if within is not None else ()).fetchall()
+        return {b: BucketSum(n, int(total)) for b, n, total in rows}
+
+    def row_hashes(self, within: list[int], within_bits: int) -> dict[str, tuple[int, tuple]]:
+        rows = self._run(dialect.row_hashes_sql(self.spec, within_bits), (within,)).fetchall()
+        return {r[0]: (r[1], tuple(r[2:])) for r in rows}
 
     def close(self) -> None:
         self.conn.close()

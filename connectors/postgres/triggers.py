@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import psycopg
 
+from engine.compaction import LogRow, net_log_change
 from engine.event import TableId
-from engine.seams import CapturedTable, CaptureStatus, TriggerCapture
+from engine.seams import CapturedTable, CaptureStatus, LogCompaction, TriggerCapture
 
 from . import dialect
-from .connection import connect
+from .connection import connect, parse_image
 from .errors import translate
 from .position import NOTHING_VISIBLE
 
@@ -73,3 +74,37 @@ class PostgresTriggerCapture(TriggerCapture):
             rows = self._query(dialect.table_pending_sql(self.schema), {"tables": [str(t) for t in tables]})
             pending = {tbl: (count, oldest) for tbl, count, oldest in rows}
         return [CaptureStatus(t, t in installed, *pending.get(str(t), (0, None))) for t in tables]
+
+    def compact(self, tables: list[CapturedTable], older_than: float = 0.0) -> LogCompaction:
+        figures = LogCompaction()
+        if not self._log_exists():
+            return figures
+        keys = {str(t.info.id): t.key for t in tables}
+        with connect(self.url, autocommit=True, application="tiersync-compact") as conn:
+            try:
+                figures.rows_before, figures.bytes_before = conn.execute(dialect.log_size_sql(self.schema)).fetchone()
+                figures.purged = conn.execute(dialect.purge_sweep_sql(self.schema)).rowcount
+                groups = [r[0] for r in conn.execute(dialect.repeated_keys_sql(self.schema),
+                                                     {"tables": list(keys), "age": older_than})]
+                for start in range(0, len(groups), 1000):
+                    part = groups[start:start + 1000]
+                    rows = conn.execute(dialect.log_rows_of_keys_sql(self.schema),
+                                        {"groups": part, "age": older_than}).fetchall()
+                    by_key: dict[tuple, list[LogRow]] = {}
+                    for row_id, tbl, pk, op, before, origin in rows:
+                        moved = op == "u" and before is not None and \
+                            [parse_image(before).get(c) for c in keys[tbl]] != parse_image(pk)
+                        by_key.setdefault((tbl, pk), []).append(LogRow(row_id, op, before, origin, moved))
+                    nets = [n for n in (net_log_change(r) for r in by_key.values()) if n is not None]
+                    with conn.transaction():
+                        conn.execute(dialect.log_remove_sql(self.schema), ([i for n in nets for i in n.remove],))
+                        with conn.cursor() as cur:
+                            cur.executemany(dialect.log_rewrite_sql(self.schema),
+                                            [(n.op, n.before, n.keep) for n in nets])
+                    figures.keys_compacted += len(nets)
+                    figures.rows_merged += sum(len(n.remove) for n in nets)
+                figures.rows_after, figures.bytes_after = conn.execute(dialect.log_size_sql(self.schema)).fetchone()
+            except psycopg.Error as exc:
+                raise translate(exc, "compacting the change log") from None
+        return figures
+

@@ -12,10 +12,12 @@ from engine.event import TableId
 from engine.schema import ColumnInfo, TableInfo
 from engine.seams import (
     CapturedTable,
+    ChecksumSpec,
     Connector,
     Reader,
     SnapshotProgress,
     SourceProgress,
+    TableChecksummer,
     TableScanner,
     TargetSession,
     TriggerCapture,
@@ -25,7 +27,7 @@ from . import dialect
 from .connection import connect, path_of, translate
 from .position import SqliteLogPosition
 from .reader import SqliteChangeLogReader
-from .scanner import SqliteTableScanner
+from .scanner import SqliteChecksummer, SqliteTableScanner
 from .session import SqliteSession
 from .triggers import SqliteTriggerCapture
 
@@ -108,6 +110,42 @@ class SqliteConnector(Connector):
 
     def table_scanner(self, table: CapturedTable) -> TableScanner:
         return SqliteTableScanner(self.url, table)
+
+    def column_kind(self, type_name: str) -> str:
+        return dialect.column_kind(type_name)
+
+    def checksummer(self, spec: ChecksumSpec) -> TableChecksummer:
+        return SqliteChecksummer(self.url, spec)
+
+    def save_reconcile_run(self, run: dict) -> None:
+        conn = connect(self.url)
+        try:
+            conn.execute(dialect.RECONCILE_RUN_DDL)
+            conn.execute(dialect.SAVE_RECONCILE_RUN_SQL, [run[c] for c in dialect.RECONCILE_RUN_COLUMNS])
+        except sqlite3.Error as exc:
+            raise translate(exc, "recording the reconcile run") from None
+        finally:
+            conn.close()
+
+    def reconcile_runs(self, pipeline: str, limit: int) -> list[dict]:
+        if not self._has("tiersync_reconcile_run"):
+            return []
+        columns = ["id", "finished_at"] + [c for c in dialect.RECONCILE_RUN_COLUMNS if c != "report"]
+        return [dict(zip(columns, r)) for r in self._query(dialect.RECONCILE_RUNS_SQL, (pipeline, limit))]
+
+    def fence_head(self, source: SourceConfig) -> str | None:
+        if not self._has("tiersync_change_log"):
+            return None
+        return str(self._query(dialect.LOG_HEAD_SQL)[0][0])
+
+    def unapplied(self, source: SourceConfig, consumer: str, tables: list[TableId], position: str | None,
+                  head: str | None = None) -> list[tuple[TableId, tuple]] | None:
+        if not self._has("tiersync_change_log"):
+            return []
+        last_id = SqliteLogPosition.deserialise(position).last_id if position else 0
+        upto = int(head) if head is not None else 2 ** 62
+        rows = self._query(dialect.UNAPPLIED_SQL, (last_id, upto, json.dumps([str(t) for t in tables])))
+        return [(TableId.parse(tbl), tuple(json.loads(pk)) if pk else ()) for tbl, pk in rows]
 
     def load_snapshot_progress(self, pipeline: str, table: str) -> SnapshotProgress | None:
         if not self._has("tiersync_snapshot"):

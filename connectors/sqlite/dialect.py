@@ -345,3 +345,114 @@ def value_decoder(declared: str) -> Callable[[Any], Any] | None:
         if pattern.search(upper):
             return _lenient(decoder)
     return None
+
+
+# ---------------------------------------------------------------- reconciliation (see engine.reconcile)
+# SQLite has no hash function and stores values of any type in any column: the checksum connection registers
+# tiersync_norm(kind, value) (engine.reconcile.normalise itself), tiersync_h60(text) and the exact aggregate
+# tiersync_sum(integer) as SQL functions.
+
+_KINDS: list[tuple[re.Pattern, str]] = [
+    (re.compile(r"^BOOL"), "bool"),
+    (re.compile(r"^(DATETIME|TIMESTAMP)"), "timestamp"),
+    (re.compile(r"^DATE"), "date"),
+    (re.compile(r"^TIME"), "time"),
+    (re.compile(r"^(DECIMAL|NUMERIC|MONEY)"), "decimal"),
+    (re.compile(r"^(REAL|FLOAT|DOUBLE)"), "float"),
+    (re.compile(r"^(JSON|JSONB)$"), "json"),
+    (re.compile(r"^(BLOB|BYTEA|BINARY|VARBINARY)"), "bytes"),
+    (re.compile(r"INT"), "int"),
+]
+
+
+def column_kind(declared: str) -> str:
+    upper = declared.strip().upper()
+    for pattern, kind in _KINDS:
+        if pattern.search(upper):
+            return kind
+    return "text"
+
+
+def _encoded(columns, image: str) -> str:
+    """The columns' canonical texts joined as engine.reconcile.encode_values does."""
+    if not columns:
+        return "''"
+    parts = []
+    for c in columns:
+        value = f"tiersync_norm({literal(c.kind)}, {image}.{quote(c.name)})"
+        parts.append(f"coalesce(replace(replace({value}, '\\', '\\\\'), ',', '\\,'), '\\N')")
+    return " || ',' || ".join(parts)
+
+
+def _key_hash(spec) -> str:
+    if len(spec.key) == 1 and spec.key[0].kind == "int":  # engine.reconcile.key_hash: the key itself
+        return f"(t.{quote(spec.key[0].name)} & 1152921504606846975)"
+    return f"tiersync_h60({_encoded(spec.key, 't')})"
+
+
+def _hashed_rows(spec, with_keys: bool) -> str:
+    keys = "".join(f", t.{quote(c.name)} AS _k{i}" for i, c in enumerate(spec.key)) if with_keys else ""
+    where = f" WHERE ({spec.where})" if spec.where else ""
+    inner = (f"SELECT {_encoded(spec.key, 't')} AS k, {_key_hash(spec)} AS kh, {_encoded(spec.columns, 't')} AS r"
+             f"{keys} FROM {quote(spec.table.id.name)} t{where}")
+    key_out = "".join(f", s._k{i}" for i in range(len(spec.key))) if with_keys else ""
+    return f"SELECT s.k, s.kh, tiersync_h60(s.k || '|' || s.r) AS rh{key_out} FROM ({inner}) s"
+
+
+_WITHIN = " WHERE h.kh & {mask} IN (SELECT value FROM json_each(?))"
+
+
+def bucket_sums_sql(spec, bits: int, within_bits: int | None) -> str:
+    within = _WITHIN.format(mask=(1 << within_bits) - 1) if within_bits is not None else ""
+    # SQLite's sum() fails on integer overflow: tiersync_sum adds exactly and returns the total as text
+    return (f"SELECT h.kh & {(1 << bits) - 1}, count(*), tiersync_sum(h.rh) "
+            f"FROM ({_hashed_rows(spec, False)}) h{within} GROUP BY 1")
+
+
+def row_hashes_sql(spec, within_bits: int) -> str:
+    keys = "".join(f", h._k{i}" for i in range(len(spec.key)))
+    return f"SELECT h.k, h.rh{keys} FROM ({_hashed_rows(spec, True)}) h" + _WITHIN.format(mask=(1 << within_bits) - 1)
+
+
+def rows_by_key_sql(table: TableInfo, key: tuple[str, ...], count: int) -> str:
+    rows = ", ".join("(" + ", ".join("?" for _ in key) + ")" for _ in range(count))
+    return f"SELECT {_image(table, 't')} FROM {quote(table.id.name)} t WHERE {_row_values(key)} IN (VALUES {rows})"
+
+
+UNAPPLIED_SQL = ("SELECT tbl, pk FROM tiersync_change_log WHERE id > ? AND id <= ? "
+                 "AND tbl IN (SELECT value FROM json_each(?)) LIMIT 1000000")
+
+
+RECONCILE_RUN_DDL = """CREATE TABLE IF NOT EXISTS tiersync_reconcile_run (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    pipeline TEXT NOT NULL,
+    source_table TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    run_by TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    result TEXT NOT NULL,
+    missing INTEGER NOT NULL,
+    extra INTEGER NOT NULL,
+    different INTEGER NOT NULL,
+    in_flight INTEGER NOT NULL,
+    repaired TEXT,
+    report TEXT
+)"""
+RECONCILE_RUN_COLUMNS = ("pipeline", "source_table", "started_at", "run_by", "mode", "result", "missing", "extra",
+                         "different", "in_flight", "repaired", "report")
+SAVE_RECONCILE_RUN_SQL = (f"INSERT INTO tiersync_reconcile_run ({', '.join(RECONCILE_RUN_COLUMNS)}) "
+                          f"VALUES ({', '.join('?' for _ in RECONCILE_RUN_COLUMNS)})")
+RECONCILE_RUNS_SQL = (f"SELECT id, finished_at, {', '.join(c for c in RECONCILE_RUN_COLUMNS if c != 'report')} "
+                      f"FROM tiersync_reconcile_run WHERE pipeline = ? ORDER BY id DESC LIMIT ?")
+
+# change-log compaction (see engine.compaction); sizes are the images' lengths (approximate bytes)
+LOG_SIZE_SQL = ("SELECT count(*), coalesce(sum(length(coalesce(before, '')) + length(coalesce(after, '')) "
+                "+ length(coalesce(pk, '')) + length(tbl) + 40), 0) FROM tiersync_change_log")
+_OLDER = "captured_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?)"
+REPEATED_KEYS_SQL = (f"SELECT tbl || ' ' || pk FROM tiersync_change_log WHERE tbl IN (SELECT value FROM json_each(?)) "
+                     f"AND {_OLDER} GROUP BY tbl, pk HAVING count(*) > 1")
+LOG_ROWS_OF_KEYS_SQL = (f"SELECT id, tbl, pk, op, before, origin FROM tiersync_change_log "
+                        f"WHERE tbl || ' ' || pk IN (SELECT value FROM json_each(?)) AND {_OLDER} ORDER BY id")
+LOG_REMOVE_SQL = "DELETE FROM tiersync_change_log WHERE id IN (SELECT value FROM json_each(?))"
+LOG_REWRITE_SQL = "UPDATE tiersync_change_log SET op = ?, before = ? WHERE id = ?"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from datetime import datetime
 
+from engine.compaction import LogRow, net_log_change
 from engine.event import TableId
-from engine.seams import CapturedTable, CaptureStatus, TriggerCapture
+from engine.seams import CapturedTable, CaptureStatus, LogCompaction, TriggerCapture
 
 from . import dialect
 from .connection import connect, translate
@@ -79,3 +81,41 @@ class SqliteTriggerCapture(TriggerCapture):
                        for tbl, count, oldest in self._query(dialect.TABLE_PENDING_SQL)}
         return [CaptureStatus(t, len(installed.get(t.name, ())) == 3, *pending.get(str(t), (0, None)))
                 for t in tables]
+
+    def compact(self, tables: list[CapturedTable], older_than: float = 0.0) -> LogCompaction:
+        figures = LogCompaction()
+        if not self._log_exists():
+            return figures
+        keys = {str(t.info.id): t.key for t in tables}
+        age = f"-{older_than} seconds"
+        conn = connect(self.url)
+        try:
+            figures.rows_before, figures.bytes_before = conn.execute(dialect.LOG_SIZE_SQL).fetchone()
+            head = conn.execute(dialect.LOG_HEAD_SQL).fetchone()[0]
+            figures.purged = conn.execute(dialect.PURGE_SQL, (head,)).rowcount
+            groups = [r[0] for r in conn.execute(dialect.REPEATED_KEYS_SQL, (json.dumps(list(keys)), age))]
+            for start in range(0, len(groups), 1000):
+                rows = conn.execute(dialect.LOG_ROWS_OF_KEYS_SQL, (json.dumps(groups[start:start + 1000]), age))
+                by_key: dict[tuple, list[LogRow]] = {}
+                for row_id, tbl, pk, op, before, origin in rows.fetchall():
+                    moved = op == "u" and before is not None and \
+                        [json.loads(before).get(c) for c in keys[tbl]] != json.loads(pk)
+                    by_key.setdefault((tbl, pk), []).append(LogRow(row_id, op, before, origin, moved))
+                nets = [n for n in (net_log_change(r) for r in by_key.values()) if n is not None]
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.execute(dialect.LOG_REMOVE_SQL, (json.dumps([i for n in nets for i in n.remove]),))
+                    conn.executemany(dialect.LOG_REWRITE_SQL, [(n.op, n.before, n.keep) for n in nets])
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                figures.keys_compacted += len(nets)
+                figures.rows_merged += sum(len(n.remove) for n in nets)
+            figures.rows_after, figures.bytes_after = conn.execute(dialect.LOG_SIZE_SQL).fetchone()
+        except sqlite3.Error as exc:
+            raise translate(exc, "compacting the change log") from None
+        finally:
+            conn.close()
+        return figures
+
