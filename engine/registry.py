@@ -14,6 +14,7 @@ _CONNECTORS: dict[str, tuple[str, str, str | None]] = {
     "postgresql": ("connectors.postgres", "PostgresConnector", "postgres"),
     "postgres": ("connectors.postgres", "PostgresConnector", "postgres"),
     "sqlite": ("connectors.sqlite", "SqliteConnector", None),
+    "kafka": ("connectors.kafka", "KafkaConnector", "kafka"),
 }
 
 

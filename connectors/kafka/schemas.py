@@ -1,0 +1,276 @@
+"""Per-table Avro schemas, reversible Avro names, and the schema registry (embedded topic or Confluent URL).
+
+A table's schema is a Debezium-style ``Envelope`` record (``before``/``after``
+of a per-table ``Value`` record, ``source``, ``op``, ``ts_ms``) plus
+tiersync's ``origin``, ``path`` and ``absent`` (columns left out of an image,
+e.g. unchanged TOAST values). Each column is a field that takes any value kind
+(tiersync's ``Value`` union), so decimals, times, UUIDs and JSON round-trip
+exactly; the column's database type and the table's key are kept as schema
+attributes, so a consumer can describe the table from the registry alone.
+Adding a column gives a new schema with a new id; old messages keep decoding
+with the schema their id names (every new field is nullable with a default).
+
+Schema ids are the first 31 bits of the SHA-256 of the schema's canonical
+text: every producer computes the same id without coordination.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+
+from engine.avro import value_union
+from engine.errors import TransientError
+from engine.event import TableId
+from engine.schema import ColumnInfo, TableInfo
+
+_VALID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ESCAPED = "ts_"  # prefix of escaped names; a valid name that starts with it is escaped too, so decoding is exact
+
+
+def avro_name(name: str) -> str:
+    """A valid Avro name for ``name``; :func:`column_name` turns it back.
+
+    Valid names stay as they are. Others become ``ts_`` + the name with ``_``
+    doubled and every other character outside ``[A-Za-z0-9]`` written as
+    ``_<hex code point>_`` (``企业名称`` → ``ts__4f01__4e1a__540d__79f0_``).
+    """
+    if _VALID.match(name) and not name.startswith(ESCAPED):
+        return name
+    out = []
+    for ch in name:
+        if ch.isascii() and ch.isalnum():
+            out.append(ch)
+        elif ch == "_":
+            out.append("__")
+        else:
+            out.append(f"_{ord(ch):x}_")
+    return ESCAPED + "".join(out)
+
+
+def column_name(name: str) -> str:
+    """The column name :func:`avro_name` escaped."""
+    if not name.startswith(ESCAPED):
+        return name
+    body, out, i = name[len(ESCAPED):], [], 0
+    while i < len(body):
+        ch = body[i]
+        if ch != "_":
+            out.append(ch)
+            i += 1
+        elif body[i + 1] == "_":
+            out.append("_")
+            i += 2
+        else:
+            end = body.index("_", i + 1)
+            out.append(chr(int(body[i + 1:end], 16)))
+            i = end + 1
+    return "".join(out)
+
+
+def _named(name: str) -> str:
+    """An Avro namespace part for a topic or table name."""
+    return avro_name(name).replace(".", "_")
+
+
+SOURCE_FIELDS = [
+    {"name": "version", "type": "string"},
+    {"name": "connector", "type": "string"},
+    {"name": "name", "type": "string"},
+    {"name": "ts_ms", "type": "long"},
+    {"name": "snapshot", "type": "string", "default": "false"},
+    {"name": "db", "type": "string"},
+    {"name": "schema", "type": ["null", "string"], "default": None},
+    {"name": "table", "type": "string"},
+    {"name": "txId", "type": ["null", "long"], "default": None},
+    {"name": "seq", "type": "long"},
+]
+
+
+def table_schema(topic: str, table: TableInfo) -> dict:
+    """The Envelope schema of ``table``'s topic."""
+    union = value_union()
+    named_defined = False
+    fields = []
+    for column in table.columns:
+        if named_defined:  # named records are defined once, then referred to by name
+            kinds = [k if isinstance(k, str) else f"tiersync.{k['name']}" for k in union]
+        else:
+            kinds = [k if isinstance(k, str) else dict(k, namespace="tiersync") for k in union]
+            named_defined = True
+        fields.append({"name": avro_name(column.name), "type": kinds, "default": None,
+                       "tiersync.column": column.name, "tiersync.type": column.type})
+    namespace = _named(topic)
+    value = {"type": "record", "name": "Value", "namespace": namespace, "fields": fields,
+             "tiersync.table": str(table.id), "tiersync.key": list(table.primary_key)}
+    return {
+        "type": "record", "name": "Envelope", "namespace": namespace,
+        "fields": [
+            {"name": "before", "type": ["null", value], "default": None},
+            {"name": "after", "type": ["null", "Value"], "default": None},
+            {"name": "source", "type": {"type": "record", "name": "Source", "namespace": "tiersync.kafka",
+                                        "fields": SOURCE_FIELDS}},
+            {"name": "op", "type": "string"},
+            {"name": "ts_ms", "type": ["null", "long"], "default": None},
+            {"name": "origin", "type": "string", "default": ""},
+            {"name": "path", "type": {"type": "array", "items": "string"}, "default": []},
+            {"name": "absent", "type": {"type": "array", "items": "string"}, "default": [],
+             "doc": "columns left out of the images (e.g. unchanged TOAST values): the target keeps its value"},
+        ],
+    }
+
+
+def canonical(schema: dict) -> str:
+    return json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def schema_id(schema: dict) -> int:
+    return int.from_bytes(hashlib.sha256(canonical(schema).encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def value_record(schema: dict) -> dict:
+    return schema["fields"][0]["type"][1]
+
+
+def table_of(schema: dict) -> TableInfo:
+    """The table a schema describes (column names, database types, key)."""
+    value = value_record(schema)
+    columns = tuple(ColumnInfo(f["tiersync.column"], f.get("tiersync.type", "")) for f in value["fields"])
+    return TableInfo(TableId.parse(value["tiersync.table"]), columns, tuple(value["tiersync.key"]))
+
+
+def with_columns(schema: dict, topic: str, names: list[str]) -> dict:
+    """``schema`` grown by new nullable columns (compatible: old messages still decode)."""
+    table = table_of(schema)
+    columns = table.columns + tuple(ColumnInfo(n, "") for n in names)
+    return table_schema(topic, TableInfo(table.id, columns, table.primary_key))
+
+
+class ParsedSchema:
+    """A registered schema, parsed once, with its field ↔ column names."""
+
+    def __init__(self, schema_id_: int, subject: str, schema: dict):
+        import fastavro
+
+        self.id = schema_id_
+        self.subject = subject
+        self.schema = schema
+        self.parsed = fastavro.parse_schema(schema)
+        self.table = table_of(schema)
+        self.fields = [(f["tiersync.column"], f["name"]) for f in value_record(schema)["fields"]]
+        self.columns = {c for c, _ in self.fields}
+        self.to_column = {a: c for c, a in self.fields}
+
+
+class SchemaRegistry:
+    """Subjects (``<topic>-value``) → versions → schemas, with ids; shared by producers and consumers.
+
+    The embedded form keeps every registration as a message in the
+    ``<prefix>._schemas`` topic (compacted; key = the id); ``registry=<url>``
+    uses a Confluent-compatible schema registry instead.
+    """
+
+    def __init__(self, url):
+        self.url = url
+        self._by_id: dict[int, ParsedSchema] = {}
+        self._latest: dict[str, ParsedSchema] = {}
+        self._lock = threading.Lock()
+        self._offset = 0
+        self._producer = None
+
+    # ------------------------------------------------------------ lookups
+
+    def by_id(self, id_: int) -> ParsedSchema | None:
+        found = self._by_id.get(id_)
+        if found is None:
+            self.refresh()
+            found = self._by_id.get(id_)
+        return found
+
+    def latest(self, subject: str, refresh: bool = True) -> ParsedSchema | None:
+        if refresh:
+            self.refresh()
+        return self._latest.get(subject)
+
+    def register(self, subject: str, schema: dict) -> ParsedSchema:
+        id_ = schema_id(schema)
+        with self._lock:
+            known = self._by_id.get(id_)
+            if known is not None and self._latest.get(subject) is known:
+                return known
+        if self.url.registry:
+            id_ = self._confluent_register(subject, schema)
+        else:
+            self._embedded_publish(subject, id_, schema)
+        parsed = ParsedSchema(id_, subject, schema)
+        with self._lock:
+            self._by_id[id_] = parsed
+            self._latest[subject] = parsed
+        return parsed
+
+    # ------------------------------------------------------------ embedded topic
+
+    def _embedded_publish(self, subject: str, id_: int, schema: dict) -> None:
+        from .connection import ensure_topics, producer
+
+        if self._producer is None:
+            ensure_topics(self.url, [self.url.schema_topic], compact=True)
+            self._producer = producer(self.url, linger_ms=0)
+        doc = {"subject": subject, "id": id_, "schema": canonical(schema)}
+        self._producer.send(self.url.schema_topic, key=f"{subject}:{id_}".encode(),
+                            value=json.dumps(doc, ensure_ascii=False).encode())
+        self._producer.flush()
+
+    def refresh(self) -> None:
+        """Read registrations published since the last refresh."""
+        if self.url.registry:
+            return
+        from kafka import TopicPartition
+
+        from .connection import consumer
+
+        tp = TopicPartition(self.url.schema_topic, 0)
+        client = consumer(self.url, max_poll_records=1000)
+        try:
+            if not client.partitions_for_topic(self.url.schema_topic):
+                return
+            client.assign([tp])
+            end = client.end_offsets([tp])[tp]
+            client.seek(tp, self._offset)
+            while self._offset < end:
+                for records in client.poll(timeout_ms=2000).values():
+                    for record in records:
+                        self._offset = record.offset + 1
+                        doc = json.loads(record.value)
+                        if doc["id"] not in self._by_id:
+                            parsed = ParsedSchema(doc["id"], doc["subject"], json.loads(doc["schema"]))
+                            self._by_id[doc["id"]] = parsed
+                        self._latest[doc["subject"]] = self._by_id[doc["id"]]
+        except Exception as exc:  # noqa: BLE001 - translated
+            from .errors import translate
+
+            raise translate(exc, "reading the schema registry topic") from None
+        finally:
+            client.close()
+
+    # ------------------------------------------------------------ Confluent-compatible registry
+
+    def _confluent_register(self, subject: str, schema: dict) -> int:
+        import urllib.error
+        import urllib.request
+
+        body = json.dumps({"schema": canonical(schema)}).encode()
+        request = urllib.request.Request(f"{self.url.registry.rstrip('/')}/subjects/{subject}/versions", data=body,
+                                         headers={"Content-Type": "application/vnd.schemaregistry.v1+json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return int(json.loads(response.read())["id"])
+        except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
+            raise TransientError(f"registering {subject} at {self.url.registry}: {exc}") from None
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close()
+            self._producer = None
