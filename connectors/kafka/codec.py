@@ -20,7 +20,6 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from engine.avro import from_union, to_union
 from engine.event import ChangeEvent, Op, TableId
 from engine.jsontext import dumps_exact
 
@@ -130,11 +129,15 @@ class Codec:
     def _encode_avro(self, op, before, after, event, node, path, ts, schema: ParsedSchema) -> bytes:
         import fastavro
 
-        names = dict(schema.fields)
+        names, encoders = dict(schema.fields), schema.encoders
         image = after if after is not None else before
+
+        def fields(row):
+            if row is None:
+                return None
+            return {names[c]: v if v is None or (e := encoders.get(c)) is None else e(v) for c, v in row.items()}
         record = {
-            "before": None if before is None else {names[c]: to_union(v) for c, v in before.items()},
-            "after": None if after is None else {names[c]: to_union(v) for c, v in after.items()},
+            "before": fields(before), "after": fields(after),
             "source": source_block(event, node, ts), "op": op, "ts_ms": ts, "origin": event.origin or node,
             "path": path, "absent": [c for c in names if c not in image] if image is not None else [],
         }
@@ -193,10 +196,13 @@ class Codec:
         except Exception as exc:  # noqa: BLE001 - fastavro raises many kinds on a corrupt body
             raise BadMessage(f"Avro body does not match schema {id_}: {type(exc).__name__}: {exc}") from None
         absent = set(record.get("absent") or ())
-        to_column = schema.to_column
+        to_column, decoders = schema.to_column, schema.decoders
 
         def unimage(image):
             if image is None:
                 return None
-            return {c: from_union(v) for a, v in image.items() if (c := to_column[a]) not in absent}
+            row = {to_column[a]: v if v is None or (d := decoders.get(a)) is None else d(v) for a, v in image.items()}
+            for column in absent:
+                row.pop(column, None)
+            return row
         return record, unimage(record["before"]), unimage(record["after"])

@@ -20,10 +20,14 @@ import hashlib
 import json
 import re
 import threading
+from datetime import date, datetime, time
+from decimal import Decimal
+from uuid import UUID
 
-from engine.avro import value_union
+from engine.avro import from_union, to_union, value_union
 from engine.errors import TransientError
 from engine.event import TableId
+from engine.jsontext import dumps_exact
 from engine.schema import ColumnInfo, TableInfo
 
 _VALID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -75,6 +79,50 @@ def _named(name: str) -> str:
     return avro_name(name).replace(".", "_")
 
 
+# column kind → the Avro type of its field (besides null); "any" takes every kind (tiersync's Value union)
+AVRO_TYPES = {
+    "boolean": "boolean", "long": "long", "double": "double", "string": "string", "bytes": "bytes",
+    "decimal": {"type": "string", "connect.name": "tiersync.Decimal"},
+    "date": {"type": "int", "logicalType": "date"},
+    "time": {"type": "long", "logicalType": "time-micros"},
+    "timestamp": {"type": "long", "logicalType": "local-timestamp-micros"},
+    "timestamptz": {"type": "long", "logicalType": "timestamp-micros"},
+    "uuid": {"type": "string", "logicalType": "uuid"},
+    "json": {"type": "string", "connect.name": "io.debezium.data.Json"},
+}
+
+
+def column_kind(db_type: str) -> str:
+    """The field kind for a column of database type ``db_type`` (PostgreSQL, MariaDB or SQLite names)."""
+    t = db_type.lower().strip()
+    if not t or "[]" in t or t.startswith("_") or any(w in t for w in ("interval", "point", "range")):
+        return "any"
+    if t.startswith("bool"):
+        return "boolean"
+    if t.startswith(("text", "character", "varchar", "char", "nvarchar", "nchar", "clob", "tinytext",
+                     "mediumtext", "longtext")):
+        return "string"
+    if "int" in t or "serial" in t:
+        return "long"
+    if t.startswith(("numeric", "decimal")):
+        return "decimal"
+    if t.startswith(("double", "real", "float")):
+        return "double"
+    if t.startswith("timestamp") and "with time zone" in t and "without" not in t or t == "timestamptz":
+        return "timestamptz"
+    if t.startswith(("timestamp", "datetime")):
+        return "timestamp"
+    if t == "date":
+        return "date"
+    if t.startswith("time") and "with time zone" not in t and t != "timetz":
+        return "time"
+    if t.startswith(("bytea", "blob", "binary", "varbinary", "longblob", "mediumblob", "tinyblob")):
+        return "bytes"
+    if t in ("uuid", "json", "jsonb"):
+        return "json" if t.startswith("json") else "uuid"
+    return "any"
+
+
 SOURCE_FIELDS = [
     {"name": "version", "type": "string"},
     {"name": "connector", "type": "string"},
@@ -89,19 +137,22 @@ SOURCE_FIELDS = [
 ]
 
 
-def table_schema(topic: str, table: TableInfo) -> dict:
-    """The Envelope schema of ``table``'s topic."""
+def table_schema(topic: str, table: TableInfo, kinds: dict[str, str] | None = None) -> dict:
+    """The Envelope schema of ``table``'s topic; ``kinds`` overrides the kind a column's type gives."""
     union = value_union()
     named_defined = False
     fields = []
     for column in table.columns:
-        if named_defined:  # named records are defined once, then referred to by name
-            kinds = [k if isinstance(k, str) else f"tiersync.{k['name']}" for k in union]
+        kind = (kinds or {}).get(column.name) or column_kind(column.type)
+        if kind != "any":
+            avro_type = ["null", AVRO_TYPES[kind]]
+        elif named_defined:  # named records are defined once, then referred to by name
+            avro_type = [k if isinstance(k, str) else f"tiersync.{k['name']}" for k in union]
         else:
-            kinds = [k if isinstance(k, str) else dict(k, namespace="tiersync") for k in union]
+            avro_type = [k if isinstance(k, str) else dict(k, namespace="tiersync") for k in union]
             named_defined = True
-        fields.append({"name": avro_name(column.name), "type": kinds, "default": None,
-                       "tiersync.column": column.name, "tiersync.type": column.type})
+        fields.append({"name": avro_name(column.name), "type": avro_type, "default": None,
+                       "tiersync.column": column.name, "tiersync.type": column.type, "tiersync.kind": kind})
     namespace = _named(topic)
     value = {"type": "record", "name": "Value", "namespace": namespace, "fields": fields,
              "tiersync.table": str(table.id), "tiersync.key": list(table.primary_key)}
@@ -141,15 +192,51 @@ def table_of(schema: dict) -> TableInfo:
     return TableInfo(TableId.parse(value["tiersync.table"]), columns, tuple(value["tiersync.key"]))
 
 
-def with_columns(schema: dict, topic: str, names: list[str]) -> dict:
-    """``schema`` grown by new nullable columns (compatible: old messages still decode)."""
+def kinds_of(schema: dict) -> dict[str, str]:
+    return {f["tiersync.column"]: f.get("tiersync.kind", "any") for f in value_record(schema)["fields"]}
+
+
+def evolved(schema: dict, topic: str, new_columns=(), generic=()) -> dict:
+    """``schema`` grown by new nullable columns, and with ``generic`` columns (values that did not fit their
+    kind) taking any kind; old messages still decode, each with the schema its id names."""
     table = table_of(schema)
-    columns = table.columns + tuple(ColumnInfo(n, "") for n in names)
-    return table_schema(topic, TableInfo(table.id, columns, table.primary_key))
+    kinds = kinds_of(schema) | {c: "any" for c in list(new_columns) + list(generic)}
+    columns = table.columns + tuple(ColumnInfo(n, "") for n in new_columns)
+    return table_schema(topic, TableInfo(table.id, columns, table.primary_key), kinds)
+
+
+def _json_text(value) -> str:
+    return dumps_exact(value)
+
+
+def _json_value(text: str):
+    return json.loads(text, parse_float=Decimal)
+
+
+def _decimal_text(value) -> str:
+    if not isinstance(value, Decimal):
+        raise TypeError(f"{type(value).__name__} in a decimal column")
+    return str(value)
+
+
+# per kind: (to the field's datum, from the field's datum); None: fastavro takes and gives the value as it is
+_CONVERT = {"decimal": (_decimal_text, Decimal), "json": (_json_text, _json_value), "any": (to_union, from_union)}
+
+# what a value of each kind is in Python, to find the columns whose values do not fit
+FITS = {
+    "boolean": lambda v: isinstance(v, bool), "long": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "double": lambda v: isinstance(v, float), "string": lambda v: isinstance(v, str),
+    "bytes": lambda v: isinstance(v, bytes), "decimal": lambda v: isinstance(v, Decimal),
+    "date": lambda v: isinstance(v, date) and not isinstance(v, datetime),
+    "time": lambda v: isinstance(v, time) and v.tzinfo is None,
+    "timestamp": lambda v: isinstance(v, datetime) and v.tzinfo is None,
+    "timestamptz": lambda v: isinstance(v, datetime) and v.tzinfo is not None,
+    "uuid": lambda v: isinstance(v, UUID), "json": lambda v: True, "any": lambda v: True,
+}
 
 
 class ParsedSchema:
-    """A registered schema, parsed once, with its field ↔ column names."""
+    """A registered schema, parsed once, with its field ↔ column names and value conversions."""
 
     def __init__(self, schema_id_: int, subject: str, schema: dict):
         import fastavro
@@ -159,9 +246,18 @@ class ParsedSchema:
         self.schema = schema
         self.parsed = fastavro.parse_schema(schema)
         self.table = table_of(schema)
-        self.fields = [(f["tiersync.column"], f["name"]) for f in value_record(schema)["fields"]]
+        fields = value_record(schema)["fields"]
+        self.fields = [(f["tiersync.column"], f["name"]) for f in fields]
         self.columns = {c for c, _ in self.fields}
         self.to_column = {a: c for c, a in self.fields}
+        self.kinds = kinds_of(schema)
+        self.encoders = {c: _CONVERT[k][0] for c, k in self.kinds.items() if k in _CONVERT}
+        self.decoders = {a: _CONVERT[self.kinds[c]][1] for c, a in self.fields if self.kinds[c] in _CONVERT}
+
+    def misfits(self, *images) -> list[str]:
+        """Columns of ``images`` whose values are not of their field's kind."""
+        return [c for image in images if image for c, v in image.items()
+                if v is not None and c in self.kinds and not FITS[self.kinds[c]](v)]
 
 
 class SchemaRegistry:

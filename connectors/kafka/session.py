@@ -39,7 +39,7 @@ from engine.seams import DeadLetter, SnapshotProgress, TargetSession
 from .codec import Codec
 from .connection import KafkaUrl, ensure_topics, producer
 from .errors import translate
-from .schemas import SchemaRegistry, table_schema, with_columns
+from .schemas import SchemaRegistry, evolved, table_schema
 
 log = logging.getLogger(__name__)
 
@@ -169,16 +169,28 @@ class KafkaSink(TargetSession):
             before = mapping.map_row(event.before, event) if (mapping and event.before is not None
                                                               and kind == "upsert") else None
         schema = self._schemas[table]
+        key = message_key(change.key_columns, change.key) if change.key_columns else None
         if self.url.format == "avro":
             extra = [c for image in (before, after) if image for c in image if c not in schema.columns]
             if extra:  # a column the schema does not have yet: a new, compatible version
-                topic = self._topics[table]
-                schema = self.registry.register(f"{topic}-value",
-                                                with_columns(schema.schema, topic, list(dict.fromkeys(extra))))
-                self._schemas[table] = schema
-                log.info("topic %s: schema evolved to id %s (new columns %s)", topic, schema.id, extra)
-        key = message_key(change.key_columns, change.key) if change.key_columns else None
+                schema = self._evolve(table, new_columns=list(dict.fromkeys(extra)))
+            try:
+                return self._topics[table], key, self.codec.encode(op, before, after, event, self.node, path, schema)
+            except (ValueError, TypeError, OverflowError):
+                misfits = schema.misfits(before, after)
+                if not misfits:
+                    raise
+                schema = self._evolve(table, generic=list(dict.fromkeys(misfits)))  # those columns take any kind
         return self._topics[table], key, self.codec.encode(op, before, after, event, self.node, path, schema)
+
+    def _evolve(self, table: TableId, new_columns=(), generic=()):
+        topic = self._topics[table]
+        schema = self.registry.register(f"{topic}-value", evolved(self._schemas[table].schema, topic,
+                                                                  new_columns, generic))
+        self._schemas[table] = schema
+        log.info("topic %s: schema evolved to id %s (new columns %s, any-kind columns %s)", topic, schema.id,
+                 list(new_columns), list(generic))
+        return schema
 
     def _batch_id(self, pipeline: str, seq: int, attempt: str) -> str:
         return f"{self._producer_id(pipeline)}:{seq}:{attempt}"
