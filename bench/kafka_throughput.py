@@ -205,10 +205,10 @@ def main() -> None:
     print(f"events per format                 {args.events}  (batch size {args.batch_size})")
     for fmt, rates, raw_rates, link, raw_link, ts_rss, raw_rss, exact in rows:
         print(f"[{fmt}]")
-        print(f"  tiersync produce                {rates['produce_s']:10,.0f} events/s   "
-              f"raw kafka-python {raw_rates['produce_s']:10,.0f}   ratio {rates['produce_s'] / raw_rates['produce_s']:.2f}")
-        print(f"  tiersync consume                {rates['consume_s']:10,.0f} events/s   "
-              f"raw kafka-python {raw_rates['consume_s']:10,.0f}   ratio {rates['consume_s'] / raw_rates['consume_s']:.2f}")
+        for side in ("produce", "consume"):
+            mine, raw = rates[f"{side}_s"], raw_rates[f"{side}_s"]
+            print(f"  tiersync {side}                {mine:10,.0f} events/s   raw kafka-python {raw:10,.0f}   "
+                  f"ratio {mine / raw:.2f}")
         print(f"  link (slower side)              {link:10,.0f} events/s   raw kafka-python {raw_link:10,.0f}   "
               f"ratio {link / raw_link:.2f}")
         print(f"  peak RSS                        tiersync {ts_rss:6.1f} MB   raw {raw_rss:6.1f} MB")

@@ -69,10 +69,15 @@ _FROM_JSON = {
 }
 
 
+_NATIVE = frozenset({str, int, float, bool, type(None)})
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # made once: json.dumps makes one a call
+
+
 def _json_image(row: dict | None, kinds: dict) -> dict | None:
     if row is None:
         return None
-    return {column: _json_cell(value, column, kinds) for column, value in row.items()}
+    native = _NATIVE
+    return {c: v if type(v) in native else _json_cell(v, c, kinds) for c, v in row.items()}
 
 
 def _json_unimage(image: dict | None, kinds: dict) -> dict | None:
@@ -124,7 +129,7 @@ class Codec:
                "path": path}
         if kinds:
             doc["types"] = kinds
-        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+        return _ENCODER.encode(doc).encode()
 
     def _encode_avro(self, op, before, after, event, node, path, ts, schema: ParsedSchema) -> bytes:
         import fastavro
@@ -135,7 +140,8 @@ class Codec:
         def fields(row):
             if row is None:
                 return None
-            return {names[c]: v if v is None or (e := encoders.get(c)) is None else e(v) for c, v in row.items()}
+            return (schema.value_name,
+                    {names[c]: v if v is None or (e := encoders.get(c)) is None else e(v) for c, v in row.items()})
         record = {
             "before": fields(before), "after": fields(after),
             "source": source_block(event, node, ts), "op": op, "ts_ms": ts, "origin": event.origin or node,
@@ -191,8 +197,9 @@ class Codec:
         if schema is None:
             raise BadMessage(f"unknown schema id {id_}: not in the schema registry")
         try:
-            record = fastavro.schemaless_reader(io.BytesIO(data[5:]), schema.parsed, schema.parsed,
-                                                return_record_name=True, return_record_name_override=True)
+            record = fastavro.schemaless_reader(io.BytesIO(data[5:]), schema.parsed, None,
+                                                return_record_name=schema.named_unions,
+                                                return_record_name_override=schema.named_unions)
         except Exception as exc:  # noqa: BLE001 - fastavro raises many kinds on a corrupt body
             raise BadMessage(f"Avro body does not match schema {id_}: {type(exc).__name__}: {exc}") from None
         absent = set(record.get("absent") or ())

@@ -20,7 +20,7 @@ import hashlib
 import json
 import re
 import threading
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from uuid import UUID
 
@@ -79,15 +79,16 @@ def _named(name: str) -> str:
     return avro_name(name).replace(".", "_")
 
 
-# column kind → the Avro type of its field (besides null); "any" takes every kind (tiersync's Value union)
+# column kind → the Avro type of its field (besides null), named as Debezium names them (time.precision.mode
+# adaptive_time_microseconds, decimal.handling.mode string); "any" takes every kind (tiersync's Value union)
 AVRO_TYPES = {
     "boolean": "boolean", "long": "long", "double": "double", "string": "string", "bytes": "bytes",
     "decimal": {"type": "string", "connect.name": "tiersync.Decimal"},
-    "date": {"type": "int", "logicalType": "date"},
-    "time": {"type": "long", "logicalType": "time-micros"},
-    "timestamp": {"type": "long", "logicalType": "local-timestamp-micros"},
-    "timestamptz": {"type": "long", "logicalType": "timestamp-micros"},
-    "uuid": {"type": "string", "logicalType": "uuid"},
+    "date": {"type": "int", "connect.name": "io.debezium.time.Date"},
+    "time": {"type": "long", "connect.name": "io.debezium.time.MicroTime"},
+    "timestamp": {"type": "long", "connect.name": "io.debezium.time.MicroTimestamp"},
+    "timestamptz": {"type": "string", "connect.name": "io.debezium.time.ZonedTimestamp"},
+    "uuid": {"type": "string", "connect.name": "io.debezium.data.Uuid"},
     "json": {"type": "string", "connect.name": "io.debezium.data.Json"},
 }
 
@@ -205,22 +206,77 @@ def evolved(schema: dict, topic: str, new_columns=(), generic=()) -> dict:
     return table_schema(topic, TableInfo(table.id, columns, table.primary_key), kinds)
 
 
-def _json_text(value) -> str:
-    return dumps_exact(value)
+_EPOCH = datetime(1970, 1, 1)
+_EPOCH_DAY = date(1970, 1, 1).toordinal()
+_US = timedelta(microseconds=1)
+
+
+def _kind_error(value, kind: str) -> TypeError:
+    return TypeError(f"{type(value).__name__} value in a {kind} column")
+
+
+def _decimal_text(value) -> str:
+    if not isinstance(value, Decimal):
+        raise _kind_error(value, "decimal")
+    return str(value)
 
 
 def _json_value(text: str):
     return json.loads(text, parse_float=Decimal)
 
 
-def _decimal_text(value) -> str:
-    if not isinstance(value, Decimal):
-        raise TypeError(f"{type(value).__name__} in a decimal column")
+def _date_days(value) -> int:
+    if type(value) is not date:
+        raise _kind_error(value, "date")
+    return value.toordinal() - _EPOCH_DAY
+
+
+def _days_date(days: int) -> date:
+    return date.fromordinal(days + _EPOCH_DAY)
+
+
+def _time_micros(value) -> int:
+    if type(value) is not time or value.tzinfo is not None:
+        raise _kind_error(value, "time")
+    return ((value.hour * 60 + value.minute) * 60 + value.second) * 1_000_000 + value.microsecond
+
+
+def _micros_time(micros: int) -> time:
+    seconds, micro = divmod(micros, 1_000_000)
+    minutes, second = divmod(seconds, 60)
+    hour, minute = divmod(minutes, 60)
+    return time(hour, minute, second, micro)
+
+
+def _timestamp_micros(value) -> int:
+    if type(value) is not datetime or value.tzinfo is not None:
+        raise _kind_error(value, "timestamp")
+    return (value - _EPOCH) // _US
+
+
+def _micros_timestamp(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def _zoned_text(value) -> str:
+    if type(value) is not datetime or value.tzinfo is None:
+        raise _kind_error(value, "timestamptz")
+    return value.isoformat()
+
+
+def _uuid_text(value) -> str:
+    if not isinstance(value, UUID):
+        raise _kind_error(value, "uuid")
     return str(value)
 
 
-# per kind: (to the field's datum, from the field's datum); None: fastavro takes and gives the value as it is
-_CONVERT = {"decimal": (_decimal_text, Decimal), "json": (_json_text, _json_value), "any": (to_union, from_union)}
+# per kind: (value → field datum, field datum → value); kinds not listed are written and read as they are
+_CONVERT = {
+    "decimal": (_decimal_text, Decimal), "json": (dumps_exact, _json_value), "any": (to_union, from_union),
+    "date": (_date_days, _days_date), "time": (_time_micros, _micros_time),
+    "timestamp": (_timestamp_micros, _micros_timestamp), "timestamptz": (_zoned_text, datetime.fromisoformat),
+    "uuid": (_uuid_text, UUID),
+}
 
 # what a value of each kind is in Python, to find the columns whose values do not fit
 FITS = {
@@ -253,6 +309,8 @@ class ParsedSchema:
         self.kinds = kinds_of(schema)
         self.encoders = {c: _CONVERT[k][0] for c, k in self.kinds.items() if k in _CONVERT}
         self.decoders = {a: _CONVERT[self.kinds[c]][1] for c, a in self.fields if self.kinds[c] in _CONVERT}
+        self.value_name = f"{schema['namespace']}.Value"  # written in tuple notation: no union resolution
+        self.named_unions = "any" in self.kinds.values()  # only then are record names needed when reading
 
     def misfits(self, *images) -> list[str]:
         """Columns of ``images`` whose values are not of their field's kind."""

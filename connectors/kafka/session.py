@@ -27,12 +27,13 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+import zlib
 from datetime import datetime, timezone
 
 from engine.apply import ApplyResult, Batch, event_to_json
 from engine.errors import TerminalError, TransientError
 from engine.event import Op, TableId
-from engine.jsontext import dumps_exact
+from engine.jsontext import dumps_exact, json_default
 from engine.schema import TableInfo
 from engine.seams import DeadLetter, SnapshotProgress, TargetSession
 
@@ -51,8 +52,20 @@ def dead_letter_topic(url: KafkaUrl) -> str:
     return url.checkpoint_topic.rsplit(".", 1)[0] + ".dead-letters"
 
 
+_KEY_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=json_default)
+
+
 def message_key(columns: tuple[str, ...], key: tuple) -> bytes:
-    return dumps_exact(dict(zip(columns, key))).encode()
+    """The key as a JSON object (Debezium's key without its schema); equal keys give equal bytes."""
+    try:
+        return _KEY_ENCODER.encode(dict(zip(columns, key))).encode()
+    except TypeError:
+        return dumps_exact(dict(zip(columns, key))).encode()
+
+
+def partition_of(key: bytes | None, partitions: int) -> int:
+    """A key's partition: the same key always lands in the same partition, so its changes stay in order."""
+    return zlib.crc32(key) % partitions if key is not None and partitions > 1 else 0
 
 
 class KafkaSink(TargetSession):
@@ -71,6 +84,7 @@ class KafkaSink(TargetSession):
         self._schemas: dict[TableId, object] = {}
         self._topics: dict[TableId, str] = {}
         self._table_topics: set[str] = set()
+        self._partitions: dict[str, int] = {}
         self._seq: dict[str, int] = {}  # pipeline → last committed batch seq
         self._open: tuple[str, int] | None = None  # (pipeline, seq) of the batch being written
         self._sent: list = []
@@ -90,6 +104,7 @@ class KafkaSink(TargetSession):
             ensure_topics(self.url, [self.url.checkpoint_topic], compact=True)
             ensure_topics(self.url, [dead_letter_topic(self.url)], compact=False)
             self.producer = producer(self.url)
+            self._partitions = {t: len(self.producer.partitions_for(t)) for t in self._table_topics}
         except TransientError:
             raise
         except Exception as exc:  # noqa: BLE001 - translated
@@ -144,9 +159,10 @@ class KafkaSink(TargetSession):
                                           list(change.key), f"cannot encode for Kafka: {exc}",
                                           event_to_json(event, target_row=change.row), batch.position))
                 continue
-            self._sent.append(send(topic, key=key, value=value, headers=header))
-            if value is not None and change.kind == "delete" and self.url.compact:
-                self._sent.append(send(topic, key=key, value=None))  # tombstone: compaction drops the key
+            partition = partition_of(key, self._partitions[topic])
+            self._sent.append(send(topic, key=key, value=value, headers=header, partition=partition))
+            if change.kind == "delete" and self.url.compact:  # tombstone: compaction drops the key
+                self._sent.append(send(topic, key=key, value=None, partition=partition))
             result.applied += 1
         if letters:
             self.save_dead_letters(letters)
