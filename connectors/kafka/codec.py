@@ -134,7 +134,7 @@ class Codec:
     def _encode_avro(self, op, before, after, event, node, path, ts, schema: ParsedSchema) -> bytes:
         import fastavro
 
-        names, encoders = dict(schema.fields), schema.encoders
+        names, encoders = schema.avro_names, schema.encoders
         image = after if after is not None else before
 
         def fields(row):
@@ -145,7 +145,8 @@ class Codec:
         record = {
             "before": fields(before), "after": fields(after),
             "source": source_block(event, node, ts), "op": op, "ts_ms": ts, "origin": event.origin or node,
-            "path": path, "absent": [c for c in names if c not in image] if image is not None else [],
+            "path": path,
+            "absent": [] if image is None or len(image) >= len(names) else [c for c in names if c not in image],
         }
         buffer = io.BytesIO()
         buffer.write(b"\x00" + struct.pack(">I", schema.id))

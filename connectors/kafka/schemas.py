@@ -306,6 +306,7 @@ class ParsedSchema:
         self.fields = [(f["tiersync.column"], f["name"]) for f in fields]
         self.columns = {c for c, _ in self.fields}
         self.to_column = {a: c for c, a in self.fields}
+        self.avro_names = dict(self.fields)
         self.kinds = kinds_of(schema)
         self.encoders = {c: _CONVERT[k][0] for c, k in self.kinds.items() if k in _CONVERT}
         self.decoders = {a: _CONVERT[self.kinds[c]][1] for c, a in self.fields if self.kinds[c] in _CONVERT}
