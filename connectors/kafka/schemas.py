@@ -25,7 +25,7 @@ from decimal import Decimal
 from uuid import UUID
 
 from engine.avro import from_union, to_union, value_union
-from engine.errors import TransientError
+from engine.errors import TerminalError, TransientError
 from engine.event import TableId
 from engine.jsontext import dumps_exact
 from engine.schema import ColumnInfo, TableInfo
@@ -340,11 +340,23 @@ class SchemaRegistry:
     def by_id(self, id_: int) -> ParsedSchema | None:
         found = self._by_id.get(id_)
         if found is None:
-            self.refresh()
+            if self.url.registry:
+                doc = self._confluent_get(f"/schemas/ids/{id_}")
+                if doc is not None:
+                    self._by_id[id_] = ParsedSchema(id_, "", json.loads(doc["schema"]))
+            else:
+                self.refresh()
             found = self._by_id.get(id_)
         return found
 
     def latest(self, subject: str, refresh: bool = True) -> ParsedSchema | None:
+        if self.url.registry:
+            doc = self._confluent_get(f"/subjects/{subject}/versions/latest")
+            if doc is None:
+                return None
+            parsed = self._by_id.get(doc["id"]) or ParsedSchema(doc["id"], subject, json.loads(doc["schema"]))
+            self._by_id[doc["id"]] = self._latest[subject] = parsed
+            return parsed
         if refresh:
             self.refresh()
         return self._latest.get(subject)
@@ -412,18 +424,37 @@ class SchemaRegistry:
 
     # ------------------------------------------------------------ Confluent-compatible registry
 
-    def _confluent_register(self, subject: str, schema: dict) -> int:
+    def _confluent(self, path: str, body: dict | None = None) -> dict | None:
+        """One request to the registry's REST API; None for 404 (no such subject or id)."""
         import urllib.error
+        import urllib.parse
         import urllib.request
 
-        body = json.dumps({"schema": canonical(schema)}).encode()
-        request = urllib.request.Request(f"{self.url.registry.rstrip('/')}/subjects/{subject}/versions", data=body,
+        url = self.url.registry.rstrip("/") + urllib.parse.quote(path)
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(url, data=data,
                                          headers={"Content-Type": "application/vnd.schemaregistry.v1+json"})
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
-                return int(json.loads(response.read())["id"])
-        except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
-            raise TransientError(f"registering {subject} at {self.url.registry}: {exc}") from None
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            detail = exc.read().decode(errors="replace")[:300]
+            if exc.code in (409, 422):  # incompatible or invalid schema: needs a person
+                raise TerminalError(f"schema registry {self.url.registry} refused {path}: {detail}") from None
+            raise TransientError(f"schema registry {self.url.registry}: HTTP {exc.code} for {path}: {detail}") from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise TransientError(f"schema registry {self.url.registry}: {path}: {exc}") from None
+
+    def _confluent_get(self, path: str) -> dict | None:
+        return self._confluent(path)
+
+    def _confluent_register(self, subject: str, schema: dict) -> int:
+        doc = self._confluent(f"/subjects/{subject}/versions", {"schema": canonical(schema)})
+        if doc is None or "id" not in doc:
+            raise TerminalError(f"schema registry {self.url.registry} did not register {subject}")
+        return int(doc["id"])
 
     def close(self) -> None:
         if self._producer is not None:

@@ -288,3 +288,88 @@ def test_a_new_consumer_bootstraps_from_a_compacted_topic(tmp_path, pg_server, p
     run_once(late_config)
     _same(source, late)
     assert pg_rows(late, "SELECT count(*) FROM tiersync.tiersync_dead_letter") == [(0,)]
+
+
+class RegistryServer:
+    """The part of the Confluent Schema Registry REST API tiersync uses (register, by id, latest), in memory.
+
+    No Confluent registry package is reachable here; this follows its documented endpoints and answers.
+    """
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        schemas, subjects = {}, {}
+        self.requests = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self, code, doc):
+                body = json.dumps(doc).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                from urllib.parse import unquote
+
+                server.requests.append(("POST", self.path))
+                subject = unquote(self.path.split("/")[2])
+                text = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["schema"]
+                ids = {v: k for k, v in schemas.items()}
+                id_ = ids.get(text) or len(schemas) + 1
+                schemas[id_] = text
+                if id_ not in subjects.setdefault(subject, []):
+                    subjects[subject].append(id_)
+                self._answer(200, {"id": id_})
+
+            def do_GET(self):  # noqa: N802
+                from urllib.parse import unquote
+
+                server.requests.append(("GET", self.path))
+                parts = [unquote(p) for p in self.path.strip("/").split("/")]
+                if parts[:2] == ["schemas", "ids"] and int(parts[2]) in schemas:
+                    return self._answer(200, {"schema": schemas[int(parts[2])]})
+                if parts[0] == "subjects" and parts[2:] == ["versions", "latest"] and parts[1] in subjects:
+                    id_ = subjects[parts[1]][-1]
+                    return self._answer(200, {"subject": parts[1], "id": id_, "version": len(subjects[parts[1]]),
+                                              "schema": schemas[id_]})
+                self._answer(404, {"error_code": 40401, "message": "not found"})
+
+            def log_message(self, *args):
+                pass
+
+        server = self
+        self.http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.http.shutdown()
+
+
+def test_avro_with_a_confluent_compatible_registry(tmp_path, pg_databases, kafka_broker):
+    registry = RegistryServer()
+    try:
+        source, target = pg_databases
+        pg_exec(source, DDL)
+        pg_exec(target, DDL)
+        url = kafka_broker.url(f"reg{next(_prefixes)}", format="avro", registry=registry.url)
+        config = _node(tmp_path, url, source, target)
+        pg_exec(source, ROWS)
+        _drain(config)
+        _same(source, target)
+        subject = "/subjects/" + url.split("/")[3].split("?")[0] + ".county-110101.public.enterprise-value"
+        assert ("POST", subject.replace(".", "%2E") + "/versions") in registry.requests or \
+            ("POST", subject + "/versions") in registry.requests, registry.requests
+        assert ("GET", subject + "/versions/latest") in registry.requests, registry.requests
+        from connectors.kafka.connection import KafkaUrl
+        from connectors.kafka.schemas import SchemaRegistry
+
+        fresh = SchemaRegistry(KafkaUrl.parse(url))  # a consumer meeting an id it has not seen asks for it
+        assert fresh.by_id(1).table.column_names[1] == "企业名称"
+        assert fresh.by_id(999) is None
+    finally:
+        registry.close()
