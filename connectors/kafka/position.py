@@ -1,10 +1,10 @@
-"""Position in a set of Kafka partitions: per partition, the offset to read from and the batches applied.
+"""Position in a set of Kafka partitions: where to read each partition from, and the batches applied.
 
-``offset`` is the first offset not yet settled: everything before it is either
-applied or known to be a duplicate. ``applied`` holds, per producing
-pipeline, the sequence number of the last batch applied from that partition,
-so a batch delivered again (a producer that crashed and sent it twice) and
-messages read again after a restart are skipped.
+``offsets`` holds, per partition, the first offset not yet settled: every
+message before it is applied, or known to be a duplicate or an abandoned
+attempt. ``done`` holds, per producing pipeline, the sequence number of the
+last batch applied; batches are applied whole and in sequence, so anything
+read again with a lower or equal number is skipped.
 """
 
 from __future__ import annotations
@@ -19,19 +19,20 @@ from engine.position import Position
 class KafkaPosition(Position):
     kind = "kafka"
 
-    # "topic:partition" → (offset, {producer: last applied batch seq})
-    partitions: dict[str, tuple[int, dict[str, int]]] = field(default_factory=dict)
+    offsets: dict[str, int] = field(default_factory=dict)  # "topic:partition" → offset
+    done: dict[str, int] = field(default_factory=dict)  # producer → last applied batch seq
 
     def to_text(self) -> str:
-        return json.dumps({k: [o, a] for k, (o, a) in sorted(self.partitions.items())}, separators=(",", ":"),
-                          ensure_ascii=False, sort_keys=True)
+        return json.dumps({"offsets": self.offsets, "done": self.done}, separators=(",", ":"), ensure_ascii=False,
+                          sort_keys=True)
 
     @classmethod
     def from_text(cls, text: str) -> KafkaPosition:
         try:
             doc = json.loads(text)
-            parts = {str(k): (int(v[0]), {str(p): int(s) for p, s in v[1].items()}) for k, v in doc.items()}
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
-            raise ValueError(f"not a Kafka position: {text!r} (expected {{\"topic:partition\": [offset, "
-                             f"{{producer: seq}}]}})") from None
-        return cls(parts)
+            offsets = {str(k): int(v) for k, v in doc["offsets"].items()}
+            done = {str(k): int(v) for k, v in doc["done"].items()}
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise ValueError(f"not a Kafka position: {text!r} (expected {{\"offsets\": {{\"topic:partition\": "
+                             f"offset}}, \"done\": {{producer: seq}}}})") from None
+        return cls(offsets, done)

@@ -246,7 +246,8 @@ class KafkaSink(TargetSession):
     def _mark(self, pipeline: str, seq: int, attempt: str, partitions) -> None:
         batch = self._batch_id(pipeline, seq, attempt).encode()
         key = b"\x00" + batch[: batch.rindex(b":")]  # one marker per batch: compaction keeps every one
-        self._settle([self.producer.send(topic, key=key, value=b"", partition=partition,
+        value = json.dumps({"partitions": [list(p) for p in partitions]}).encode()  # where the batch is
+        self._settle([self.producer.send(topic, key=key, value=value, partition=partition,
                                          headers=[(COMMIT_HEADER, batch)]) for topic, partition in partitions])
 
     def _settle(self, futures: list) -> list:

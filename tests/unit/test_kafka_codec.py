@@ -160,7 +160,7 @@ def test_avro_body_that_does_not_match_its_schema():
 
 
 def test_positions_round_trip_and_refuse_garbage():
-    position = KafkaPosition({"p.n.public.t:0": (17, {"n/up": 3}), "p.n.public.t:1": (0, {})})
+    position = KafkaPosition({"p.n.public.t:0": 17, "p.n.public.t:1": 0}, {"n/up": 3})
     assert KafkaPosition.deserialise(position.serialise()) == position
     with pytest.raises(ValueError, match="not a Kafka position"):
         KafkaPosition.deserialise("kafka:nonsense")
