@@ -88,6 +88,7 @@ class KafkaSink(TargetSession):
         self._seq: dict[str, int] = {}  # pipeline → last committed batch seq
         self._open: tuple[str, int] | None = None  # (pipeline, seq) of the batch being written
         self._sent: list = []
+        self._written: set[tuple[str, int]] = set()  # table partitions the open batch wrote
         self._position = ""
         self._changes = 0
 
@@ -160,6 +161,7 @@ class KafkaSink(TargetSession):
                                           event_to_json(event, target_row=change.row), batch.position))
                 continue
             partition = partition_of(key, self._partitions[topic])
+            self._written.add((topic, partition))
             self._sent.append(send(topic, key=key, value=value, headers=header, partition=partition))
             if change.kind == "delete" and self.url.compact:  # tombstone: compaction drops the key
                 self._sent.append(send(topic, key=key, value=None, partition=partition))
@@ -215,7 +217,7 @@ class KafkaSink(TargetSession):
 
     def begin(self) -> None:
         if self._open is None:
-            self._sent = []
+            self._sent, self._written = [], set()
 
     def lock_pipeline(self, pipeline: str) -> None:
         pass  # one sink per pipeline; the checkpoint record orders its batches
@@ -230,8 +232,8 @@ class KafkaSink(TargetSession):
             return
         pipeline, seq = self._open
         try:
-            written = self._settle(self._sent)
-            partitions = sorted({(m.topic, m.partition) for m in written if m.topic in self._table_topics})
+            self._settle(self._sent)
+            partitions = sorted(self._written)
             record = {"pipeline": pipeline, "producer": self._producer_id(pipeline), "position": self._position,
                       "seq": seq, "attempt": self.attempt, "partitions": partitions, "changes": self._changes,
                       "at": datetime.now(timezone.utc).isoformat()}
@@ -239,7 +241,7 @@ class KafkaSink(TargetSession):
                                              value=json.dumps(record).encode())])
             self._mark(pipeline, seq, self.attempt, partitions)
         finally:
-            self._open, self._sent = None, []
+            self._open, self._sent, self._written = None, [], set()
         self._seq[pipeline] = seq
         self.checkpoints.remember(pipeline, record)
 
@@ -250,18 +252,21 @@ class KafkaSink(TargetSession):
         self._settle([self.producer.send(topic, key=key, value=value, partition=partition,
                                          headers=[(COMMIT_HEADER, batch)]) for topic, partition in partitions])
 
-    def _settle(self, futures: list) -> list:
+    def _settle(self, futures: list) -> None:
         """Wait until every send is acknowledged; any failure fails the batch (it is sent again)."""
         try:
             self.producer.flush()
-            return [f.get(timeout=0) for f in futures]
         except Exception as exc:  # noqa: BLE001 - translated
             raise translate(exc, "producing to Kafka") from None
+        for future in futures:
+            if not future.is_done or future.exception is not None:
+                exc = future.exception or RuntimeError("a send was not acknowledged after flush")
+                raise translate(exc, "producing to Kafka")
 
     def rollback(self) -> None:
         # what was sent stays in the topics without a marker; consumers drop it. A new attempt id keeps the
         # batch's next try apart from this one.
-        self._open, self._sent = None, []
+        self._open, self._sent, self._written = None, [], set()
         self.attempt = uuid.uuid4().hex[:12]
 
     # ------------------------------------------------------------ dead letters
