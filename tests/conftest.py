@@ -16,7 +16,9 @@ _counter = itertools.count()
 def pg_server():
     from tests.harness.postgres import PostgresServer
 
-    server = PostgresServer().init().start()
+    # every replication origin an apply session has used keeps a slot of max_replication_slots (origins are
+    # cluster-wide and outlive the test databases): leave room for the whole suite's pipelines
+    server = PostgresServer({"max_replication_slots": "64"}).init().start()
     yield server
     server.destroy()
 
