@@ -109,8 +109,7 @@ class KafkaConnector(Connector):
             raise translate(exc, "reading topic offsets") from None
         finally:
             client.close()
-        pending = sum(max(0, end - pos.partitions.get(f"{tp.topic}:{tp.partition}", (0, {}))[0])
-                      for tp, end in ends.items())
+        pending = sum(max(0, end - pos.offsets.get(f"{tp.topic}:{tp.partition}", 0)) for tp, end in ends.items())
         return SourceProgress(pending, None, ",".join(f"{tp.topic}:{tp.partition}@{e}" for tp, e in ends.items()))
 
     # ------------------------------------------------------------ target
