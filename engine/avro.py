@@ -133,3 +133,18 @@ def decode(data: bytes) -> ChangeEvent:
     record = fastavro.schemaless_reader(io.BytesIO(data), envelope_schema(), envelope_schema(),
                                         return_record_name=True)
     return from_record(record)
+
+
+def value_union() -> list:
+    """The union of value kinds (``tiersync.Value``'s one field), for per-table schemas whose fields take any kind."""
+    return json.loads((SCHEMA_DIR / "Value.avsc").read_text(encoding="utf-8"))["fields"][0]["type"]
+
+
+def to_union(value: Any) -> Any:
+    """``value`` as a datum of :func:`value_union` (named branches as ``(name, record)``)."""
+    return _encode_value(value)["v"]
+
+
+def from_union(datum: Any) -> Any:
+    """The Python value of a :func:`value_union` datum read with ``return_record_name=True``."""
+    return _decode_value({"v": datum})

@@ -72,7 +72,7 @@ class PipelineRunner:
             Snapshot(plan, chunk_rows=self.pipeline.batch_size, stop=self.stop, resume_only=True).run()
         self.reader = plan.source.reader(self.pipeline.source, self.pipeline.name, plan.captured, start, plan.node_id)
         self.session = plan.target.target_session()
-        self.applier = BatchApplier(self.session, plan.target_tables)
+        self.applier = plan.target.applier(self.session, plan)
         self.plan = plan
         log.info("pipeline %s: started from %s", self.pipeline.name, start or "the beginning of the change log")
 
@@ -102,11 +102,11 @@ class PipelineRunner:
         """Read the next batch from the source and map it (None: nothing pending)."""
         read = self.reader.read(self.pipeline.batch_size)
         self._caught_up = read.caught_up
-        if not read.events and not read.ends_transaction:
+        if not read.events and not read.ends_transaction and not read.rejected:
             return None
         mappings = self.plan.mappings
         changes: list[TargetChange] = []
-        rejected: list[DeadLetter] = []
+        rejected: list[DeadLetter] = list(read.rejected)
         for event in read.events:
             if self._is_echo(event.origin, event.path):
                 self.stats.echoes_skipped += 1

@@ -101,7 +101,7 @@ def build_plan(config: Config, pipeline: PipelineConfig, *, connect_target: bool
         mappings[table.info.id] = mapping
         if not connect_target:
             continue
-        info = target_tables.get(target_id) or target.describe(target_id)
+        info = target_tables.get(target_id) or target.describe_target(target_id, table.info, mapping)
         where = f"pipeline {pipeline.name}, mapping {name} → {target_id}"
         if info is None:
             problems.append(f"{where}: target table {target_id} does not exist")

