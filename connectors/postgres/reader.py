@@ -25,10 +25,12 @@ SWEEP_INTERVAL = 300.0  # seconds between full purges of rows no batch window co
 class PostgresChangeLogReader(Reader):
     """One consumer's view of the change log: reads ranges of finished transactions, purges on acknowledge.
 
-    A batch is the rows of one snapshot window (every transaction that committed between two snapshots).
-    A window larger than a batch is handed over in parts (``more``) that the target applies in one
-    transaction, so it never shows part of a source transaction — unless ``split_transactions`` allows
-    it, or the origin changes inside the window (one target transaction carries one origin).
+    A batch holds rows of one snapshot window (the transactions that committed between two snapshots) in id
+    order, and ends at a change of transaction id, so the target commits whole source transactions; one
+    transaction larger than a batch is handed over in parts (``more``) applied in one target transaction —
+    unless ``split_transactions`` allows otherwise, or the origin changes (one target transaction carries
+    one origin). Transactions that ran at the same time interleave in id order, so a batch boundary can
+    still fall inside one of them; the final state is exact either way.
     """
 
     def __init__(self, url: str, schema: str, consumer: str, tables: list[CapturedTable],
@@ -70,21 +72,19 @@ class PostgresChangeLogReader(Reader):
         position = self.position
         for _ in range(2):  # at most: finish the current batch, then open the next one
             fetched = self._execute(dialect.read_sql(self.schema),
-                                    dict(self._params(position), limit=max_events)).fetchall()
-            rows = same_origin_prefix(fetched, 6)
+                                    dict(self._params(position), limit=max_events + 1)).fetchall()
+            rows, more = self._cut(fetched, max_events)
             if rows:
                 events = [self._event(row) for row in rows]
                 position = PostgresLogPosition(position.prev, position.cur, rows[-1][0])
                 self.position = position
                 serialised = position.serialise()
-                # a full batch of one origin: the window may go on, and the target transaction with it
-                more = len(fetched) == max_events and len(rows) == len(fetched) and not self.split
                 first_id = rows[0][0] if self._open_from is None else self._open_from
                 self._open_from = first_id if more else None
                 if not more:
                     self._windows[serialised] = first_id
                 return ReadBatch(events, serialised, more=more)
-            if self._open_from is not None:  # the window handed over in parts had nothing more: commit it
+            if self._open_from is not None:  # a transaction handed over in parts ended with its last part
                 serialised = position.serialise()
                 self._windows[serialised], self._open_from = self._open_from, None
                 return ReadBatch([], serialised, ends_transaction=True)
@@ -99,6 +99,22 @@ class PostgresChangeLogReader(Reader):
             position = PostgresLogPosition(position.cur, snapshot, 0)
             self.position = position
         return ReadBatch([], position.serialise())
+
+    def _cut(self, fetched: list, limit: int) -> tuple[list, bool]:
+        """Where this batch ends, and whether it leaves a source transaction open (``more``).
+
+        ``fetched`` holds up to ``limit`` + 1 rows: the extra row tells whether the last transaction goes on.
+        A batch ends where the origin changes (one target transaction carries one origin), else at the last
+        change of transaction id; a single transaction larger than a batch is handed over in parts.
+        """
+        rows = same_origin_prefix(fetched[:limit], 6)
+        if len(rows) < limit or len(fetched) <= limit or self.split:
+            return rows, False  # the origin changes, the window has nothing more, or parts may commit alone
+        following = fetched[limit][1]
+        for i in range(len(rows) - 1, -1, -1):
+            if rows[i][1] != (following if i == len(rows) - 1 else rows[i + 1][1]):
+                return rows[:i + 1], False
+        return rows, True  # one transaction fills the batch and goes on
 
     def _event(self, row) -> ChangeEvent:
         row_id, txid, tbl, op, before, after, origin, captured_at = row

@@ -73,21 +73,31 @@ def test_long_transaction_committing_last_is_not_skipped(two_pipelines):
     assert pg_rows(target, "SELECT label FROM item WHERE id = 2") == [("long transaction",)]
 
 
-def test_a_source_transaction_larger_than_a_batch_commits_whole(two_pipelines):
-    """A transaction of 100 rows through batches of 37: the target never commits a part of it."""
+def test_batches_end_where_source_transactions_end(two_pipelines):
+    """Through batches of 37: transactions of 100 and 200 rows commit whole (in parts inside one target
+    transaction), and a backlog of ten 10-row transactions still moves in bounded batches of whole ones."""
     config, source, target = two_pipelines
-    # at every target commit, the mirrored table holds whole source transactions only (multiples of 100 rows)
-    pg_exec(target, """CREATE FUNCTION whole() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN IF (SELECT count(*) FROM item) % 100 <> 0 THEN
+    # at every target commit, the mirrored table holds whole source transactions only (multiples of 10 rows)
+    pg_exec(target, "CREATE TABLE applied_in (txid bigint, id integer)",
+            """CREATE FUNCTION whole() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN IF (SELECT count(*) FROM item) % 10 <> 0 THEN
             RAISE EXCEPTION 'part of a source transaction committed: % rows', (SELECT count(*) FROM item);
         END IF; RETURN NULL; END $$""",
             "CREATE CONSTRAINT TRIGGER whole AFTER INSERT ON item DEFERRABLE INITIALLY DEFERRED "
-            "FOR EACH ROW EXECUTE FUNCTION whole()")
+            "FOR EACH ROW EXECUTE FUNCTION whole()",
+            """CREATE FUNCTION note_txid() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN INSERT INTO applied_in VALUES (txid_current(), NEW.id); RETURN NULL; END $$""",
+            "CREATE TRIGGER note_txid AFTER INSERT ON item FOR EACH ROW EXECUTE FUNCTION note_txid()")
     pg_exec(source, "INSERT INTO item SELECT g, 'a', g, NULL FROM generate_series(1, 100) g",
-            "INSERT INTO item SELECT g, 'b', g, NULL FROM generate_series(101, 300) g")
+            "INSERT INTO item SELECT g, 'b', g, NULL FROM generate_series(101, 300) g",
+            *[f"INSERT INTO item SELECT g, 'c', g, NULL FROM generate_series({lo}, {lo + 9}) g"
+              for lo in range(301, 401, 10)])
     run_once(config, "mirror")
-    assert pg_rows(target, "SELECT count(*) FROM item") == [(300,)]
     assert pg_rows(source, "SELECT * FROM item ORDER BY id") == pg_rows(target, "SELECT * FROM item ORDER BY id")
+    sizes = [n for (n,) in pg_rows(target, "SELECT count(*) FROM applied_in GROUP BY txid ORDER BY min(id)")]
+    # 100 alone (a full batch ends with it); 200 plus the small ones the batch holding its end has room for
+    assert sizes[0] == 100 and 200 <= sizes[1] <= 200 + 37 and sum(sizes) == 400, sizes
+    assert all(n % 10 == 0 for n in sizes) and all(n <= 37 for n in sizes[2:]) and len(sizes) >= 4, sizes
 
 
 def test_commit_order_beats_transaction_id_order(two_pipelines):
