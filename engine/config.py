@@ -141,6 +141,7 @@ class Config(_Strict):
     databases: dict[str, DatabaseConfig]
     pipelines: list[PipelineConfig] = Field(default_factory=list)
     base_dir: str = Field(default=".", exclude=True, description="set by load_config: relative paths start here")
+    source_file: str = Field(default="", exclude=True, description="set by load_config: the YAML it came from")
 
     def pipeline(self, name: str) -> PipelineConfig:
         for pipeline in self.pipelines:
@@ -294,7 +295,8 @@ def load_config(path: str | Path) -> Config:
                   if not ("str" in e["loc"] and tuple(e["loc"][:e["loc"].index("str")]) in union_parts)]
         problems = [_describe(e, source) for e in errors] + _raw_reference_problems(source.data, source)
         raise ConfigError(sorted(problems, key=_line_order)) from None
-    config = config.model_copy(update={"base_dir": str(Path(path).resolve().parent)})
+    config = config.model_copy(update={"base_dir": str(Path(path).resolve().parent),
+                                       "source_file": str(Path(path).resolve())})
     problems = _cross_check(config, source)
     if problems:
         raise ConfigError(problems)

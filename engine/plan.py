@@ -91,12 +91,23 @@ def build_plan(config: Config, pipeline: PipelineConfig, *, connect_target: bool
     if not problems:
         problems += [f"pipeline {pipeline.name}: {p}" for p in
                      source.capture_problems(pipeline.source, pipeline.name, captured)]
+    mappings, target_tables, resources = compile_mappings(config, pipeline, source, target, captured, problems,
+                                                          connect_target=connect_target)
+    if problems:
+        raise ConfigError(problems)
+    return PipelinePlan(pipeline, config.node.id, source, target, captured, mappings, target_tables, resources)
+
+
+def compile_mappings(config: Config, pipeline: PipelineConfig, source: Connector, target: Connector,
+                     captured: list[CapturedTable], problems: list[str], *, connect_target: bool = True):
+    """Every captured table's compiled mapping(s), the target tables they write, and the rules' resources."""
     mappings: dict[TableId, CompiledMapping | SplitMapping] = {}
     target_tables: dict[TableId, TableInfo] = {}
     try:
         resources = rule_resources(config, pipeline)
     except TiersyncError as exc:
-        raise ConfigError([f"pipeline {pipeline.name}: {exc}"]) from None
+        problems.append(f"pipeline {pipeline.name}: {exc}")
+        return mappings, target_tables, None
     for table in captured:
         name = next(n for n in pipeline.source.tables if source.qualify(n) == table.info.id)
         parts = []
@@ -112,9 +123,7 @@ def build_plan(config: Config, pipeline: PipelineConfig, *, connect_target: bool
             problems += _check_target(pipeline, target, table, rules, mapping, target_tables, connect_target)
         if parts:
             mappings[table.info.id] = parts[0] if len(parts) == 1 else SplitMapping(parts)
-    if problems:
-        raise ConfigError(problems)
-    return PipelinePlan(pipeline, config.node.id, source, target, captured, mappings, target_tables, resources)
+    return mappings, target_tables, resources
 
 
 def rule_resources(config: Config, pipeline: PipelineConfig) -> RuleResources:
