@@ -289,7 +289,8 @@ def load_config(path: str | Path) -> Config:
     try:
         config = Config.model_validate(source.data)
     except ValidationError as exc:
-        errors = exc.errors()
+        errors = [{**e, "loc": tuple("ColumnRule" if isinstance(p, str) and p.startswith("function-") and
+                                     "ColumnRule" in p else p for p in e["loc"])} for e in exc.errors()]
         union_parts = {tuple(e["loc"][:e["loc"].index("ColumnRule")]) for e in errors if "ColumnRule" in e["loc"]}
         errors = [e for e in errors
                   if not ("str" in e["loc"] and tuple(e["loc"][:e["loc"].index("str")]) in union_parts)]

@@ -68,7 +68,11 @@ class CompiledMapping:
                 self.plans[column] = None
                 continue
             if isinstance(rule, ColumnRule):
-                self.plans[column] = ColumnPlan(column, rule.to or column, column_converter(rule, column, resources))
+                try:
+                    convert = column_converter(rule, column, resources)
+                except TerminalError as exc:
+                    raise TerminalError(f"columns.{column}: {exc}") from None
+                self.plans[column] = ColumnPlan(column, rule.to or column, convert)
             else:
                 self.plans[column] = ColumnPlan(column, rule or column, None)
         self.constants = dict(config.constants)
@@ -77,9 +81,9 @@ class CompiledMapping:
         self.metadata = config.metadata
         columns = list(source.column_names)
         functions = expression_functions(resources)
-        self.computed = [(name, compile_expression(text, columns=columns, functions=functions))
+        self.computed = [(name, _compile(f"computed.{name}", text, columns, functions))
                          for name, text in config.computed.items()]
-        self.filter = compile_expression(config.filter, columns=columns, functions=functions) if config.filter else None
+        self.filter = _compile("filter", config.filter, columns, functions) if config.filter else None
         self.lookups = [resources.lookup(c).enricher() if resources else _no_resources(c) for c in config.lookups]
         self.surrogate = config.surrogate_key
         self._surrogate_of = tuple_getter(tuple(self.surrogate.columns or source_key)) if self.surrogate else None
@@ -257,6 +261,13 @@ class SplitMapping:
 
     def source_key_of_target_key(self):
         return None  # a reload cannot tell which part a target row came from: extras are left to reconcile
+
+
+def _compile(where: str, text: str, columns: list[str], functions: dict):
+    try:
+        return compile_expression(text, columns=columns, functions=functions)
+    except ExpressionError as exc:
+        raise ExpressionError(f"{where}: {exc}") from None
 
 
 def _complete(before: Row | None, after: Row | None) -> bool:

@@ -113,6 +113,11 @@ def compile_mappings(config: Config, pipeline: PipelineConfig, source: Connector
         parts = []
         for rules in pipeline.mappings_for(name) or [MappingConfig(source=name)]:
             target_id = target.qualify(rules.target or table.info.id.name)
+            for rule_source in list(rules.columns) + list(rules.drop):
+                if table.info.column(rule_source) is None:
+                    problems.append(f"pipeline {pipeline.name}, mapping {name} → {target_id}: source column "
+                                    f"{rule_source!r} is not in {table.info.id}"
+                                    f"{_suggest(rule_source, table.info.column_names)}")
             try:
                 mapping = CompiledMapping(rules, table.info, table.key, target_id, pipeline.target.mode,
                                           apply_truncate=pipeline.target.truncate == "apply", resources=resources)
@@ -171,10 +176,6 @@ def _check_target(pipeline: PipelineConfig, target: Connector, table: CapturedTa
         problems.append(f"{where}: target table {target_id} does not exist")
         return problems
     target_tables[target_id] = info
-    for rule_source in list(rules.columns) + list(rules.drop):
-        if table.info.column(rule_source) is None:
-            problems.append(f"{where}: source column {rule_source!r} is not in {table.info.id}"
-                            f"{_suggest(rule_source, table.info.column_names)}")
     for column in mapping.target_columns():
         target_column = info.column(column)
         if target_column is None:

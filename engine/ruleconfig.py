@@ -94,7 +94,7 @@ class LookupConfig(_Strict):
 
     database: str
     table: str
-    on: dict[str, str] = Field(min_length=1, description="lookup table column → source column")
+    match: dict[str, str] = Field(min_length=1, description="lookup table column → source column")
     columns: dict[str, str] = Field(min_length=1, description="lookup table column → target column")
     missing: Literal["null", "reject"] = "null"
     reload: float = Field(default=300.0, ge=1)

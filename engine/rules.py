@@ -92,7 +92,7 @@ class Lookup:
         self._load(time.monotonic())
 
     def _load(self, now: float) -> None:
-        on = list(self.config.on)
+        on = list(self.config.match)
         self.index = {tuple(_norm_key(r.get(c)) for c in on): r for r in self.loader()}
         self.loaded_at = now
 
@@ -104,7 +104,7 @@ class Lookup:
         return True
 
     def enricher(self) -> Callable[[dict, dict], None]:
-        source_columns = list(self.config.on.values())
+        source_columns = list(self.config.match.values())
         wanted = list(self.config.columns.items())
         reject = self.config.missing == "reject"
         table, owner = self.config.table, self
@@ -204,7 +204,7 @@ def column_converter(rule: ColumnRule, column: str, resources: RuleResources | N
             steps.append(ValueMap(f"{column} (inline)", inline, dict(rule.map)).converter(column))
         else:
             if resources is None or rule.map not in resources.value_maps:
-                raise TerminalError(f"column {column}: no value map named {rule.map!r}")
+                raise TerminalError(f"no value map named {rule.map!r}")
             steps.append(resources.value_maps[rule.map].converter(column))
     if rule.mask:
         steps.append(_mask_step(rule.mask, column, resources))
@@ -250,7 +250,7 @@ def _cast_step(rule: ColumnRule) -> Callable[[Any], Any]:
 def _mask_step(mask: str, column: str, resources: RuleResources | None) -> Callable[[Any], Any]:
     if mask == "hash":
         if resources is None or resources.mask_key is None:
-            raise TerminalError(f"column {column}: mask: hash needs the pipeline's mask_key")
+            raise TerminalError("mask: hash needs the pipeline's mask_key")
         return keyed_hash(resources.mask_key)
     if mask == "id_card":
         return mask_id_card

@@ -251,6 +251,10 @@ class Connector(ABC):
     @abstractmethod
     def target_session(self) -> TargetSession: ...
 
+    def write_statements(self, kind: str, table: TableId, columns: list[str], key: list[str]) -> list[str]:
+        """The statements a target session runs for one group of changes (shown by `rules test`; never run)."""
+        return []
+
     @abstractmethod
     def table_scanner(self, table: CapturedTable) -> TableScanner: ...
 

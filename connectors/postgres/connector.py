@@ -128,6 +128,16 @@ class PostgresConnector(Connector):
     def target_session(self) -> TargetSession:
         return PostgresSession(self.url, self.state_schema)
 
+    def write_statements(self, kind: str, table: TableId, columns: list[str], key: list[str]) -> list[str]:
+        if kind == "truncate":
+            return [f"TRUNCATE {dialect.qualified(table)}"]
+        staged = key if kind == "delete" else columns
+        stage = dialect.stage_name(table, tuple(staged))
+        write = {"upsert": lambda: dialect.upsert_from_stage_sql(stage, table, columns, key),
+                 "insert": lambda: dialect.insert_from_stage_sql(stage, table, columns),
+                 "delete": lambda: dialect.delete_from_stage_sql(stage, table, key)}[kind]()
+        return [dialect.create_stage_sql(stage, table, staged), dialect.copy_sql(stage, staged), write]
+
     def table_scanner(self, table: CapturedTable) -> TableScanner:
         return PostgresTableScanner(self.url, table)
 

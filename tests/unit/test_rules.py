@@ -117,7 +117,7 @@ def test_masks():
     assert out["name"] == again["name"] and len(out["name"]) == 64 and "Acme" not in out["name"]  # joins still work
     other_key = compiled(pipeline(mask_key="k2"), columns={"name": {"mask": "hash"}})
     assert other_key.map(event("c", after=row()))[0].row["name"] != out["name"]
-    with pytest.raises(TerminalError, match="mask_key"):
+    with pytest.raises(TerminalError, match="columns.name: mask: hash needs the pipeline.s mask_key"):
         compiled(columns={"name": {"mask": "hash"}})
 
 
@@ -184,12 +184,12 @@ def test_lookup_enriches_by_key():
     pipe = pipeline()
     resources = RuleResources(pipe, ".", load_table=lambda db, t: reference)
     config = MappingConfig(source="public.enterprise", lookups=[{
-        "database": "a", "table": "ref.region", "on": {"code": "region_code"}, "columns": {"name": "xzqh_mc"}}])
+        "database": "a", "table": "ref.region", "match": {"code": "region_code"}, "columns": {"name": "xzqh_mc"}}])
     m = CompiledMapping(config, SRC, ("id",), TGT, "mirror", resources=resources)
     assert m.map(event("c", after=row()))[0].row["xzqh_mc"] == "东城区"
     assert m.map(event("c", after=row(region_code="999999")))[0].row["xzqh_mc"] is None
     strict = MappingConfig(source="public.enterprise", lookups=[{
-        "database": "a", "table": "ref.region", "on": {"code": "region_code"}, "columns": {"name": "mc"},
+        "database": "a", "table": "ref.region", "match": {"code": "region_code"}, "columns": {"name": "mc"},
         "missing": "reject"}])
     m = CompiledMapping(strict, SRC, ("id",), TGT, "mirror", resources=resources)
     with pytest.raises(Unmapped, match="no row in lookup table ref.region"):
