@@ -87,6 +87,7 @@ class CompiledMapping:
         self.lookups = [resources.lookup(c).enricher() if resources else _no_resources(c) for c in config.lookups]
         self.surrogate = config.surrogate_key
         self._surrogate_of = tuple_getter(tuple(self.surrogate.columns or source_key)) if self.surrogate else None
+        self._surrogate_prefix = (self.constants[config.discriminator.column],) if config.discriminator else ()
         renamed = {c: p.target for c, p in self.plans.items() if p}
         # with no converters, a row holding exactly the known columns maps by a precomputed list of pairs
         self._renames = {c: renamed.get(c) for c in self.plans}
@@ -171,7 +172,8 @@ class CompiledMapping:
         return out
 
     def _surrogate(self, row: Row, event: ChangeEvent) -> str:
-        values = self._surrogate_of(row)
+        """UUIDv5 of (origin node,) (discriminator value,) source key: merged sources never collide."""
+        values = self._surrogate_prefix + self._surrogate_of(row)
         return surrogate_key(event.origin, *values) if self.surrogate.origin else surrogate_key(*values)
 
     def passes(self, image: Row, event: ChangeEvent) -> bool:

@@ -108,7 +108,7 @@ class DiscriminatorConfig(_Strict):
 
 
 class SurrogateKeyConfig(_Strict):
-    """A target key column holding a deterministic UUID of the origin node and the source key."""
+    """A target key column: a deterministic UUID of the origin node, the discriminator (if any) and the source key."""
 
     column: str
     columns: list[str] | None = Field(default=None, description="source columns (default: the source key)")

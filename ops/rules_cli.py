@@ -367,6 +367,7 @@ def describe(pipeline: PipelineConfig, m: MappingConfig) -> list[str]:
     if m.surrogate_key:
         of = ", ".join(m.surrogate_key.columns or ["the source key"])
         lines.append(f"  {m.surrogate_key.column} = UUIDv5 of " + ("origin node + " if m.surrogate_key.origin else "")
+                     + ("discriminator + " if m.discriminator else "")
                      + of + " (deterministic surrogate key)")
     meta = {k: v for k, v in m.metadata.model_dump().items() if v}
     for what, column in meta.items():
