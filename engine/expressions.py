@@ -112,9 +112,17 @@ def compile_expression(text: Any, *, columns: list[str] | None = None, extra: di
         raise ExpressionError(f"not a valid expression: {_first_line(exc)}") from None
     compiler = _Compiler(columns, extra or {}, FUNCTIONS if functions is None else functions)
     try:
-        evaluate = compiler.node(tree)
+        root = compiler.node(tree)
     except RecursionError:
         raise ExpressionError("expression nested too deeply") from None
+
+    def evaluate(after, before, event):
+        try:
+            return root(after, before, event)
+        except ExpressionError:
+            raise
+        except (ValueError, TypeError, ArithmeticError, IndexError, KeyError, AttributeError) as exc:
+            raise ExpressionError(f"{exc} (in {text})") from None
     return Expression(text, evaluate, compiler.read)
 
 
@@ -331,6 +339,14 @@ class _Compiler:
                 raise ExpressionError(f"operator {operation_tree.data} is not supported")
             left = self.node(operation_tree.children[0])
             right = self.node(right_tree)
+            constant = _constant_of(right_tree)
+            if isinstance(constant, str) and operation_tree.data in ("relation_eq", "relation_ne"):
+                # text equality: Python's == is exactly the rule (text never equals another kind)
+                if operation_tree.data == "relation_eq":
+                    return lambda a, b, e: left(a, b, e) == constant
+                return lambda a, b, e: left(a, b, e) != constant
+            if constant is not _NOT_CONSTANT:
+                return lambda a, b, e: operation(left(a, b, e), constant)
             return lambda a, b, e: operation(left(a, b, e), right(a, b, e))
         if kind == "unary" and len(real) == 2:
             operand = self.node(real[1])
@@ -377,6 +393,11 @@ class _Compiler:
         target_tree, name_token = children
         name = str(name_token)
         self._check_column(target_tree, name)
+        image = _image_name(target_tree)
+        if image in ("after", "row"):  # the common case, read directly
+            return lambda a, b, e: a.get(name) if type(a) is dict else _field(a, name)
+        if image == "before":
+            return lambda a, b, e: b.get(name) if type(b) is dict else _field(b, name)
         target = self.node(target_tree)
         return lambda a, b, e: _field(target(a, b, e), name)
 
@@ -442,21 +463,35 @@ def _call(function: Callable, name: str, args: list[Evaluator]) -> Evaluator:
         wanted = str(arity[0]) if arity[0] == arity[1] else f"{arity[0]} to {arity[1]}"
         raise ExpressionError(f"{name}() takes {wanted} argument(s), got {len(args)}")
 
-    def wrap(*values):
-        try:
-            return function(*values)
-        except ExpressionError:
-            raise
-        except (ValueError, TypeError, ArithmeticError, IndexError, KeyError) as exc:
-            raise ExpressionError(f"{name}(): {exc}") from None
-
+    # errors raised inside a function surface through Expression.evaluate, naming the expression
     if len(args) == 1:
         (only,) = args
-        return lambda a, b, e: wrap(only(a, b, e))
+        return lambda a, b, e: function(only(a, b, e))
     if len(args) == 2:
         first, second = args
-        return lambda a, b, e: wrap(first(a, b, e), second(a, b, e))
-    return lambda a, b, e: wrap(*[arg(a, b, e) for arg in args])
+        return lambda a, b, e: function(first(a, b, e), second(a, b, e))
+    return lambda a, b, e: function(*[arg(a, b, e) for arg in args])
+
+
+_NOT_CONSTANT = object()
+
+
+def _constant_of(tree):
+    """The value of a literal subtree (a number, text, true/false/null), else _NOT_CONSTANT."""
+    while isinstance(tree, lark.Tree) and tree.data != "literal" and len(tree.children) == 1:
+        tree = tree.children[0]
+    if not (isinstance(tree, lark.Tree) and tree.data == "literal"):
+        return _NOT_CONSTANT
+    token = tree.children[0]
+    if token.type == "STRING_LIT":
+        return str(celstr(token))
+    if token.type == "INT_LIT" and "x" not in token.value:
+        return _check_int(int(token.value))
+    if token.type == "FLOAT_LIT":
+        return float(token.value)
+    if token.type == "BOOL_LIT":
+        return token.value == "true"
+    return _NOT_CONSTANT
 
 
 def _image_name(tree) -> str | None:

@@ -109,6 +109,15 @@ def parse_number(value: Any, units: dict | None = None) -> Any:
         return Decimal(value)
     if isinstance(value, float):
         return Decimal(repr(value))
+    if units and isinstance(value, str):  # fast path: "12.5万元" with a known unit, plain digits
+        for unit, factor in units.items():
+            if value.endswith(unit):
+                number = value[:-len(unit)]
+                if number and number.replace(".", "", 1).isascii() and number.replace(".", "", 1).isdigit():
+                    result = Decimal(number) * (factor if isinstance(factor, (int, Decimal)) else
+                                                Decimal(str(factor)))
+                    return Decimal(int(result)) if result == result.to_integral_value() else result
+                break
     text = normalize_text(value).replace(",", "").replace(" ", "")
     if text == "":
         return None
@@ -197,7 +206,7 @@ def region_parent(value: Any) -> Any:
     """The code one tier up: county 110101 → city 110100 → province 110000 → null."""
     if value is None:
         return None
-    code = _region(value)
+    code = value if type(value) is str and len(value) == 6 and value.isdigit() else _region(value)
     if code[4:] != "00":
         return code[:4] + "00"
     if code[2:4] != "00":
@@ -232,6 +241,8 @@ def mask_phone(value: Any) -> Any:
     """Keep the first 3 and last 4 digits of a phone number: 138****5678 (short numbers: last 2)."""
     if value is None:
         return None
+    if type(value) is str and len(value) == 11:  # the common case: an 11-digit mobile number
+        return value[:3] + "****" + value[7:]
     text = _text(value).strip()
     if len(text) >= 11:
         return text[:3] + "*" * (len(text) - 7) + text[-4:]

@@ -84,6 +84,7 @@ class CompiledMapping:
         self.computed = [(name, _compile(f"computed.{name}", text, columns, functions))
                          for name, text in config.computed.items()]
         self.filter = _compile("filter", config.filter, columns, functions) if config.filter else None
+        self._filter = self.filter.evaluate if self.filter else None
         self.lookups = [resources.lookup(c).enricher() if resources else _no_resources(c) for c in config.lookups]
         self.surrogate = config.surrogate_key
         self._surrogate_of = tuple_getter(tuple(self.surrogate.columns or source_key)) if self.surrogate else None
@@ -95,6 +96,8 @@ class CompiledMapping:
         self._converted = [(c, p.target, p.convert) for c, p in self.plans.items() if p and p.convert is not None]
         self._computed = [(name, e.evaluate) for name, e in self.computed]
         self._extra = bool(self.lookups or self.surrogate or self.computed)
+        meta = self.metadata
+        self._fixed = bool(self.constants) or any((meta.op, meta.captured_at, meta.origin, meta.source_table, meta.seq))
         if config.key:
             self.target_key = tuple(config.key)
         else:
@@ -104,6 +107,23 @@ class CompiledMapping:
         if config.discriminator and config.discriminator.column not in self.target_key:
             self.target_key += (config.discriminator.column,)
         self._key_getter = tuple_getter(self.target_key)
+        self._append, self._mirror = self.mode == "append", self.mode == "mirror"
+        self._source_key_getter = tuple_getter(tuple(source_key))
+        self._key_from_source_key = self._key_depends_on_source_key_only()
+
+    def _key_depends_on_source_key_only(self) -> bool:
+        """Whether the target key is a function of the source key alone (then an update keeping it keeps ours)."""
+        by_target = {p.target: p.source for p in self.plans.values() if p}
+        for column in self.target_key:
+            if column in self.constants:
+                continue
+            if self.surrogate and column == self.surrogate.column:
+                if not set(self.surrogate.columns or self.source_key) <= set(self.source_key):
+                    return False
+                continue
+            if column in {name for name, _ in self.computed} or by_target.get(column) not in self.source_key:
+                return False
+        return True
 
     def source_key_of_target_key(self) -> Callable[[tuple], tuple] | None:
         """Turns a target key back into its source key, where every target key column is a plain rename."""
@@ -153,7 +173,7 @@ class CompiledMapping:
                 enrich(row, out)
             if self.surrogate:
                 out[self.surrogate.column] = self._surrogate(row, event)
-        return self._add_fixed(out, event)
+        return self._add_fixed(out, event) if self._fixed else out
 
     def _add_fixed(self, out: Row, event: ChangeEvent) -> Row:
         if self.constants:
@@ -200,9 +220,35 @@ class CompiledMapping:
     def map(self, event: ChangeEvent) -> list[TargetChange]:
         """The target changes for one event, in the order they must run."""
         op = event.op
+        if self._append or op is Op.DELETE or op is Op.TRUNCATE:
+            return self._map_other(event)
+        after = event.after
+        if after is None:
+            return []
+        if self._filter is not None and self._filter(after, event.before, event) is not True \
+                and not self.passes(after, event):
+            # out of the filter: an update that moves the row out deletes it at the target
+            if op is not Op.UPDATE or not self._mirror or not self._was_in(event):
+                return []
+            row = self.map_row(event.before if _complete(event.before, after) else after, event)
+            return [TargetChange("delete", self.target, self._key_getter(row), None, event, self.target_key)]
+        row = self.map_row(after, event)
+        key = self._key_getter(row)
+        if op is Op.UPDATE and self._mirror and event.before is not None:
+            if not (self._key_from_source_key and
+                    self._source_key_getter(event.before) == self._source_key_getter(after)):
+                old_key = self._old_key(event)
+                if old_key != key:  # the key itself changed: the old row goes away
+                    return [TargetChange("delete", self.target, old_key, None, event, self.target_key),
+                            TargetChange("upsert", self.target, key, row, event, self.target_key)]
+        return [TargetChange("upsert", self.target, key, row, event, self.target_key)]
+
+    def _map_other(self, event: ChangeEvent) -> list[TargetChange]:
+        """Truncates, deletes, and every change of an append (history) mapping."""
+        op = event.op
         if op is Op.TRUNCATE:
             return [TargetChange("truncate", self.target, (), None, event)] if self.apply_truncate else []
-        if self.mode == "append":
+        if self._append:
             if op is Op.DELETE and not self.metadata.op:
                 return []
             image = event.before if op is Op.DELETE else event.after
@@ -210,31 +256,12 @@ class CompiledMapping:
                 return []
             row = self.map_row(image, event)
             return [TargetChange("insert", self.target, (), row, event, ())]
-        if op is Op.DELETE:
-            if self.mode == "upsert" or event.before is None:
-                return []
-            if self.filter is not None and not self._was_in(event):
-                return []
-            row = self.map_row(event.before, event)
-            return [TargetChange("delete", self.target, self._key_of(row), None, event, self.target_key)]
-        if op is Op.TRUNCATE or event.after is None:
+        if self.mode == "upsert" or event.before is None:
             return []
-        if self.filter is not None and not self.passes(event.after, event):
-            # out of the filter: an update that moves the row out deletes it at the target
-            if op is not Op.UPDATE or self.mode != "mirror" or not self._was_in(event):
-                return []
-            row = self.map_row(event.before if _complete(event.before, event.after) else event.after, event)
-            return [TargetChange("delete", self.target, self._key_of(row), None, event, self.target_key)]
-        row = self.map_row(event.after, event)
-        key = self._key_of(row)
-        changes = []
-        if op is Op.UPDATE and event.before is not None and self.mode == "mirror":
-            old_key = self._old_key(event)
-            if old_key != key:  # the key itself changed: the old row goes away
-                changes.append(TargetChange("delete", self.target, old_key, None, event, self.target_key))
-        changes.append(TargetChange("upsert", self.target, key, row, event, self.target_key))
-        return changes
-
+        if self.filter is not None and not self._was_in(event):
+            return []
+        row = self.map_row(event.before, event)
+        return [TargetChange("delete", self.target, self._key_of(row), None, event, self.target_key)]
 
     def _old_key(self, event: ChangeEvent) -> tuple:
         """The target key of the old image (the full image when the source sent it, else its key columns)."""

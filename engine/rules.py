@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import logging
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable
 
@@ -44,22 +45,25 @@ class ValueMap:
         self.loaded_at = time.monotonic()
 
     def refresh(self, now: float) -> bool:
+        """Re-read a table map; its dict is updated in place (mapping and refreshing share one thread)."""
         if self.loader is None or now - self.loaded_at < self.config.reload:
             return False
-        self.data = _with_number_keys(self.loader())
+        fresh = _with_number_keys(self.loader())
+        self.data.clear()
+        self.data.update(fresh)
         self.loaded_at = now
         log.info("value map %s reloaded (%d codes)", self.name, len(self.data))
         return True
 
     def converter(self, column: str) -> Callable[[Any], Any]:
-        policy, default, name, owner = self.config.unmapped, self.config.default, self.name, self
+        policy, default, name, get = self.config.unmapped, self.config.default, self.name, self.data.get
 
         def convert(value):
             if value is None:
                 return None
-            found = owner.data.get(value, _MISSING)
+            found = get(value, _MISSING)
             if found is _MISSING and not isinstance(value, str):
-                found = owner.data.get(str(value), _MISSING)
+                found = get(str(value), _MISSING)
             if found is not _MISSING:
                 return found
             if policy == "keep":
@@ -69,6 +73,7 @@ class ValueMap:
             if policy == "default":
                 return default
             raise Unmapped(f"value {value!r} of column {column!r} is not in value map {name!r}")
+        convert.nullsafe = True
         return convert
 
 
@@ -212,7 +217,8 @@ def column_converter(rule: ColumnRule, column: str, resources: RuleResources | N
     if not steps and default is None:
         return None
     if len(steps) == 1 and default is None:
-        return _nullsafe(steps[0])
+        only = steps[0]
+        return only if getattr(only, "nullsafe", False) else _nullsafe(only)
 
     def convert(value):
         if value is None:
@@ -235,7 +241,19 @@ def _cast_step(rule: ColumnRule) -> Callable[[Any], Any]:
     cast, fmt, units = rule.cast, rule.format, rule.units
     if units and cast in ("int", "float", "decimal"):
         final = CASTS[cast]
-        return lambda v: final(parse_number(v, units))
+        factors = sorted(((u, Decimal(str(f))) for u, f in units.items()), key=lambda p: -len(p[0]))
+
+        def with_units(value):
+            if isinstance(value, str):  # fast path: ASCII digits and a known unit ("12.5万元")
+                for unit, factor in factors:
+                    if value.endswith(unit):
+                        number = value[:-len(unit)]
+                        if number.isascii() and number.replace(".", "", 1).isdigit():
+                            result = Decimal(number) * factor
+                            return result if cast == "decimal" else final(result)
+                        break
+            return final(parse_number(value, units))
+        return with_units
     if fmt and cast == "date":
         return lambda v: parse_date(v, fmt)
     if fmt and cast in ("timestamp", "timestamptz", "time"):
@@ -248,15 +266,20 @@ def _cast_step(rule: ColumnRule) -> Callable[[Any], Any]:
 
 
 def _mask_step(mask: str, column: str, resources: RuleResources | None) -> Callable[[Any], Any]:
+    """Every mask keeps NULL as NULL."""
     if mask == "hash":
         if resources is None or resources.mask_key is None:
             raise TerminalError("mask: hash needs the pipeline's mask_key")
-        return keyed_hash(resources.mask_key)
-    if mask == "id_card":
-        return mask_id_card
-    if mask == "phone":
-        return mask_phone
-    return lambda v: None
+        step = keyed_hash(resources.mask_key)
+    elif mask == "id_card":
+        step = mask_id_card
+    elif mask == "phone":
+        step = mask_phone
+    else:
+        def step(value):
+            return None
+    step.nullsafe = True
+    return step
 
 
 def expression_functions(resources: RuleResources | None) -> dict:
