@@ -302,7 +302,10 @@ def offline_problems(pipeline: PipelineConfig, index: int, mapping: MappingConfi
         line = source.line_of(path)
         column = source.column_of(path)
         where = f"{source.file}:{line}" if line else source.file
-        if column:
+        if column and line:
+            if offset is not None:  # inside a quoted scalar, the text starts one column later
+                raw = _lines(source.file)[line - 1] if line <= len(_lines(source.file)) else ""
+                offset += 1 if raw[column - 1:column] in ("'", '"') else 0
             where += f":{column + (offset or 0)}"
         return where
 
@@ -312,8 +315,7 @@ def offline_problems(pipeline: PipelineConfig, index: int, mapping: MappingConfi
         try:
             compile_expression(text, functions=functions)
         except ExpressionError as exc:
-            problems.append(f"{at(base + path, _column_in(exc, source, base + path))}: "
-                            f"{'.'.join(path)}: {exc}")
+            problems.append(f"{at(base + path, _column_in(exc, text))}: {'.'.join(path)}: {exc}")
     for name, rule in mapping.columns.items():
         if isinstance(rule, ColumnRule):
             where = base + ("columns", name)
@@ -344,17 +346,27 @@ def offline_problems(pipeline: PipelineConfig, index: int, mapping: MappingConfi
     return problems
 
 
-def _column_in(exc: ExpressionError, source: LoadedYaml, path: tuple) -> int:
-    """Offset of a parse error's column inside the YAML value (single-line, plain or quoted)."""
-    text = str(exc)
+def _lines(file: str) -> list[str]:
+    try:
+        return Path(file).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+
+
+def _column_in(exc: ExpressionError, text: str) -> int:
+    """Offset, inside the expression, of what the error is about: a name it does not know, or the parse error."""
+    message = str(exc)
+    import re
+    named = re.search(r"unknown (?:name|function|method) \.?'?([A-Za-z_][A-Za-z0-9_]*)", message)
+    if named and named.group(1) in text:
+        return text.index(named.group(1))
     marker = ", column "
-    if marker not in text or "at line 1" not in text:
+    if marker not in message or "at line 1" not in message:
         return 0
     try:
-        column = int(text.split(marker, 1)[1].split(":", 1)[0])
+        return int(message.split(marker, 1)[1].split(":", 1)[0]) - 1
     except ValueError:
         return 0
-    return column - 1
 
 
 def _suggest(word: str, choices: list[str]) -> str:

@@ -201,3 +201,60 @@ def test_key_change_with_computed_key_deletes_the_old_target_row():
     m = compiled(computed={"k": 'concat(after.region_code, "-", after.id)'}, key=["k"])
     changes = m.map(event("u", before=row(region_code="110101"), after=row(region_code="110102")))
     assert [(c.kind, c.key) for c in changes] == [("delete", ("110101-1",)), ("upsert", ("110102-1",))]
+
+
+NODE = """\
+node: {id: county-110101, tier: county, region: "110101"}
+databases:
+  a: {url: "sqlite:///a.db"}
+  b: {url: "sqlite:///b.db"}
+pipelines:
+  - name: p
+    source: {database: a, tables: [public.enterprise]}
+    target: {database: b}
+    value_maps:
+      status: {values: {"1": A}}
+    mappings:
+      - source: public.enterprise
+        columns:
+          status: {map: statuz}
+          phone: {mask: hash}
+        filter: 'after.status == "1" &&'
+        computed:
+          x: "nosuch(after.id)"
+        lookups:
+          - {database: c, table: t, match: {a: id}, columns: {b: c}}
+"""
+
+
+def test_config_reports_every_rule_problem_with_file_line_column(tmp_path):
+    from engine.config import load_config
+    from engine.errors import ConfigError
+
+    path = tmp_path / "node.yaml"
+    path.write_text(NODE, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    problems = "\n".join(caught.value.problems)
+    assert f"{path}:14:25: columns.status: no value map named 'statuz' (did you mean 'status'?)" in problems
+    assert f"{path}:15:25: columns.phone: mask: hash needs mask_key on the pipeline" in problems
+    assert f"{path}:16:38: filter: not a valid expression at line 1, column 21" in problems
+    assert f"{path}:18:15: computed.x: unknown function nosuch()" in problems  # the column of "nosuch"
+    assert "lookup database 'c' is not declared under databases" in problems
+    assert len(caught.value.problems) == 5
+
+
+def test_reload_report_says_which_tables_need_a_reload():
+    from engine.pipeline import reload_report
+
+    old = pipeline(mappings=[{"source": "public.enterprise", "columns": {"id": "a"}}])
+    same = pipeline(mappings=[{"source": "public.enterprise", "columns": {"id": "a"}}])
+    assert reload_report(old, same) == []
+    renamed = pipeline(mappings=[{"source": "public.enterprise", "columns": {"id": "b"}}])
+    [line] = reload_report(old, renamed)
+    assert line.startswith("public.enterprise: mapping rules changed") and "tiersync snapshot --pipeline p" in line
+    filtered = pipeline(mappings=[{"source": "public.enterprise", "columns": {"id": "a"}, "filter": "true"}])
+    assert "the row filter changed" in reload_report(old, filtered)[0]
+    remapped = pipeline(mappings=[{"source": "public.enterprise", "columns": {"id": "a"}}],
+                        value_maps={"m": {"values": {"1": "x"}}})
+    assert "value maps or mask key changed" in reload_report(old, remapped)[0]
