@@ -295,6 +295,8 @@ def load_config(path: str | Path) -> Config:
         errors = [e for e in errors
                   if not ("str" in e["loc"] and tuple(e["loc"][:e["loc"].index("str")]) in union_parts)]
         problems = [_describe(e, source) for e in errors] + _raw_reference_problems(source.data, source)
+        from .rules import raw_expression_problems
+        problems += raw_expression_problems(source.data, source)
         raise ConfigError(sorted(problems, key=_line_order)) from None
     config = config.model_copy(update={"base_dir": str(Path(path).resolve().parent),
                                        "source_file": str(Path(path).resolve())})

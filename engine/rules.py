@@ -346,6 +346,34 @@ def offline_problems(pipeline: PipelineConfig, index: int, mapping: MappingConfi
     return problems
 
 
+def raw_expression_problems(data: dict, source: LoadedYaml) -> list[str]:
+    """Expression problems found on the raw file, so they are reported along with shape errors."""
+    problems: list[str] = []
+    functions = {**FUNCTIONS, "hash": keyed_hash(b"check")}
+    pipelines = data.get("pipelines") if isinstance(data.get("pipelines"), list) else []
+    for i, pipeline in enumerate(pipelines):
+        mappings = pipeline.get("mappings") if isinstance(pipeline, dict) else None
+        for j, mapping in enumerate(mappings if isinstance(mappings, list) else []):
+            if not isinstance(mapping, dict):
+                continue
+            computed = mapping.get("computed") if isinstance(mapping.get("computed"), dict) else {}
+            found = [(("filter",), mapping.get("filter"))] if isinstance(mapping.get("filter"), str) else []
+            found += [(("computed", k), v) for k, v in computed.items() if isinstance(v, str)]
+            for path, text in found:
+                try:
+                    compile_expression(text, functions=functions)
+                except ExpressionError as exc:
+                    full = ("pipelines", i, "mappings", j) + path
+                    line, column = source.line_of(full), source.column_of(full)
+                    where = f"{source.file}:{line}"
+                    if column:
+                        raw = _lines(source.file)[line - 1] if line and line <= len(_lines(source.file)) else ""
+                        quoted = 1 if raw[column - 1:column] in ("'", '"') else 0
+                        where += f":{column + _column_in(exc, text) + quoted}"
+                    problems.append(f"{where}: {'.'.join(path)}: {exc}")
+    return problems
+
+
 def _lines(file: str) -> list[str]:
     try:
         return Path(file).read_text(encoding="utf-8").splitlines()

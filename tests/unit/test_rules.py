@@ -258,3 +258,17 @@ def test_reload_report_says_which_tables_need_a_reload():
     remapped = pipeline(mappings=[{"source": "public.enterprise", "columns": {"id": "a"}}],
                         value_maps={"m": {"values": {"1": "x"}}})
     assert "value maps or mask key changed" in reload_report(old, remapped)[0]
+
+
+def test_expression_problems_are_reported_along_with_shape_errors(tmp_path):
+    from engine.config import load_config
+    from engine.errors import ConfigError
+
+    path = tmp_path / "node.yaml"
+    path.write_text(NODE.replace("{map: statuz}", "{map: statuz, cast: nosuchcast}"), encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    problems = "\n".join(caught.value.problems)
+    assert "unknown cast 'nosuchcast'" in problems  # a shape error ...
+    assert f"{path}:18:15: computed.x: unknown function nosuch()" in problems  # ... and the expressions, at once
+    assert f"{path}:16:38: filter: not a valid expression" in problems
