@@ -80,6 +80,9 @@ class MappingConfig(_Strict):
     lookups: list[LookupConfig] = Field(default_factory=list)
     discriminator: DiscriminatorConfig | None = None
     surrogate_key: SurrogateKeyConfig | None = None
+    conflict: Literal["source_wins", "newer_wins"] = Field(
+        default="source_wins", description="newer_wins: an upsert only replaces a target row whose "
+                                           "metadata.captured_at column is not newer")
 
 
 class SourceConfig(_Strict):

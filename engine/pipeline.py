@@ -74,7 +74,7 @@ class PipelineRunner:
             Snapshot(plan, chunk_rows=self.pipeline.batch_size, stop=self.stop, resume_only=True).run()
         self.reader = plan.source.reader(self.pipeline.source, self.pipeline.name, plan.captured, start, plan.node_id)
         self.session = plan.target.target_session()
-        self.applier = BatchApplier(self.session, plan.target_tables)
+        self.applier = BatchApplier(self.session, plan.target_tables, plan.newer_wins())
         self.plan = plan
         log.info("pipeline %s: started from %s", self.pipeline.name, start or "the beginning of the change log")
 
@@ -209,6 +209,7 @@ class PipelineRunner:
         self.plan.target_tables.update(targets)
         self.applier.tables = self.plan.target_tables
         self.applier.order = dependency_order(self.plan.target_tables)
+        self.applier.newer_wins = self.plan.newer_wins()
         self.pipeline = self.plan.config = pipeline
         self.config = config
         lines = [f"pipeline {pipeline.name}: rules reloaded from {file} ({who}); "

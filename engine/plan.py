@@ -38,6 +38,15 @@ class PipelinePlan:
         self.source.close()
         self.target.close()
 
+    def newer_wins(self) -> dict[TableId, str]:
+        """Target tables whose mapping has conflict: newer_wins, with their commit-time column."""
+        out = {}
+        for mapping in self.mappings.values():
+            for part in getattr(mapping, "parts", [mapping]):
+                if part.config.conflict == "newer_wins" and part.config.metadata.captured_at:
+                    out[part.target] = part.config.metadata.captured_at
+        return out
+
 
 def _suggest(word: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(word, choices, n=1)
@@ -183,6 +192,9 @@ def _check_target(pipeline: PipelineConfig, target: Connector, table: CapturedTa
                             f"{_suggest(column, info.column_names)}")
         elif target_column.generated:
             problems.append(f"{where}: column {column!r} is generated in the target and cannot be written")
+    if rules.conflict not in target.conflict_policies:
+        problems.append(f"{where}: conflict: {rules.conflict} is not supported by this target database "
+                        f"(supported: {', '.join(target.conflict_policies)})")
     if mapping.mode != "append":
         if not mapping.target_key:
             problems.append(f"{where}: no target key; set key: [...] in the mapping")

@@ -327,6 +327,9 @@ def offline_problems(pipeline: PipelineConfig, index: int, mapping: MappingConfi
             if rule.mask == "hash" and not pipeline.mask_key:
                 problems.append(f"{at(where + ('mask',))}: columns.{name}: mask: hash needs mask_key on the pipeline "
                                 f"(e.g. mask_key: ${{TIERSYNC_MASK_KEY}})")
+    if mapping.conflict == "newer_wins" and not mapping.metadata.captured_at:
+        problems.append(f"{at(base + ('conflict',))}: conflict: newer_wins needs metadata: {{captured_at: COLUMN}}, "
+                        f"the target column holding the commit time of each row's last change")
     for i, lookup in enumerate(mapping.lookups):
         if lookup.database not in config.databases:
             problems.append(f"{at(base + ('lookups', i, 'database'))}: lookup database {lookup.database!r} is not "

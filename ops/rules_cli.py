@@ -193,6 +193,9 @@ class RecordingSession(TargetSession):
     def upsert(self, table, columns, key, rows):
         self.calls.append(("upsert", table.id, list(columns), list(key), len(rows)))
 
+    def upsert_newer(self, table, columns, key, rows, time_column):
+        self.calls.append(("upsert newer", table.id, list(columns), list(key) + [time_column], len(rows)))
+
     def insert(self, table, columns, rows):
         self.calls.append(("insert", table.id, list(columns), [], len(rows)))
 
@@ -303,7 +306,8 @@ def _show(plan, mapping, events: list[ChangeEvent], target_known: bool) -> None:
     if not target_known:
         return
     session = RecordingSession()
-    BatchApplier(session, plan.target_tables).apply_open(Batch(plan.config.name, changes, "test", len(events)))
+    applier = BatchApplier(session, plan.target_tables, plan.newer_wins())
+    applier.apply_open(Batch(plan.config.name, changes, "test", len(events)))
     click.echo("\n-- the statements one batch of these rows would run (in one transaction; nothing was run):")
     for kind, table, columns, key, count in session.calls:
         statements = plan.target.write_statements(kind, table, columns, key) or [f"{kind} {table}"]

@@ -31,6 +31,7 @@ from .triggers import PostgresTriggerCapture
 
 class PostgresConnector(Connector):
     scheme = "postgresql"
+    conflict_policies = ("source_wins", "newer_wins")
     default_schema = "public"
 
     def _query(self, sql: str, params=None, what: str = "reading the catalog") -> list[tuple]:
@@ -134,6 +135,8 @@ class PostgresConnector(Connector):
         staged = key if kind == "delete" else columns
         stage = dialect.stage_name(table, tuple(staged))
         write = {"upsert": lambda: dialect.upsert_from_stage_sql(stage, table, columns, key),
+                 "upsert newer": lambda: dialect.upsert_newer_from_stage_sql(stage, table, columns, key[:-1],
+                                                                              key[-1]),
                  "insert": lambda: dialect.insert_from_stage_sql(stage, table, columns),
                  "delete": lambda: dialect.delete_from_stage_sql(stage, table, key)}[kind]()
         return [dialect.create_stage_sql(stage, table, staged), dialect.copy_sql(stage, staged), write]

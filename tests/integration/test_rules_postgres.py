@@ -203,3 +203,37 @@ def _wait(condition, log, limit=90.0):
             return
         time.sleep(0.2)
     raise AssertionError(f"condition not met; engine log:\n{log.read_text() if log.exists() else ''}")
+
+
+def test_conflict_newer_wins_keeps_a_target_row_changed_later(tmp_path, pg_databases):
+    county, city = pg_databases
+    pg_exec(county, "CREATE TABLE public.item (id integer PRIMARY KEY, v text)")
+    pg_exec(city, "CREATE TABLE public.item (id integer PRIMARY KEY, v text, tbsj timestamptz)")
+    config = write_node(tmp_path / "node.yaml", {"s": county, "t": city}, [{
+        "name": "p", "source": {"database": "s", "tables": ["public.item"]}, "target": {"database": "t"},
+        "mappings": [{"source": "public.item", "conflict": "newer_wins", "metadata": {"captured_at": "tbsj"}}]}])
+    cli("triggers", "install", "--config", str(config), "--pipeline", "p")
+    pg_exec(county, "INSERT INTO item VALUES (1, 'a'), (2, 'b')")
+    run_once(config)
+    # someone changes row 1 at the target after the source's next change will have been captured
+    pg_exec(city, "UPDATE item SET v = 'theirs', tbsj = now() + interval '1 hour' WHERE id = 1")
+    pg_exec(county, "UPDATE item SET v = 'ours' WHERE id IN (1, 2)")
+    run_once(config)
+    assert pg_rows(city, "SELECT id, v FROM item ORDER BY id") == [(1, "theirs"), (2, "ours")]
+    pg_exec(city, "UPDATE item SET tbsj = now() - interval '1 hour' WHERE id = 1")  # now theirs is older
+    pg_exec(county, "UPDATE item SET v = 'ours again' WHERE id = 1")
+    run_once(config)
+    assert pg_rows(city, "SELECT id, v FROM item ORDER BY id") == [(1, "ours again"), (2, "ours")]
+    out = cli("rules", "test", "--config", str(config), "--mapping", "public.item", "--sample", "1").output
+    assert "WHERE t.\"tbsj\" IS NULL OR" in out
+
+
+def test_conflict_newer_wins_needs_a_commit_time_column(tmp_path):
+    path = write_node(tmp_path / "node.yaml", {"s": "sqlite:///s.db", "t": "sqlite:///t.db"}, [{
+        "name": "p", "source": {"database": "s", "tables": ["item"]}, "target": {"database": "t"},
+        "mappings": [{"source": "item", "conflict": "newer_wins"}]}])
+    out = cli("rules", "validate", "--offline", "--config", str(path), expect=2).output
+    assert "conflict: newer_wins needs metadata: {captured_at: COLUMN}" in out
+    path.write_text(path.read_text().replace("newer_wins", "higher_tier_wins"))
+    out = cli("rules", "validate", "--offline", "--config", str(path), expect=2).output
+    assert "'source_wins' or 'newer_wins'" in out
