@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from .casts import CASTS
 from .config import Config, MappingConfig, PipelineConfig
-from .errors import TerminalError
+from .errors import TerminalError, TiersyncError
 from .expressions import ExpressionError, compile_expression
 from .functions import FUNCTIONS, keyed_hash, mask_id_card, mask_phone, normalize_text, parse_date, parse_number
 from .ruleconfig import ColumnRule, LookupConfig, ValueMapConfig
@@ -170,7 +170,15 @@ class RuleResources:
         """Re-read table maps and lookups older than their reload interval (called between batches)."""
         now = time.monotonic()
         for part in list(self.value_maps.values()) + self.lookups:
-            part.refresh(now)
+            try:
+                part.refresh(now)
+            except TiersyncError as exc:  # the database is away: keep what is cached, try again next interval
+                part.loaded_at = now
+                log.warning("could not re-read %s (%s); keeping the cached copy", _label(part), exc)
+
+
+def _label(part) -> str:
+    return f"value map {part.name}" if isinstance(part, ValueMap) else f"lookup {part.config.table}"
 
 
 def read_csv_map(path: Path, key: str, value: str) -> dict:

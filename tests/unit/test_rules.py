@@ -6,7 +6,7 @@ from decimal import Decimal
 import pytest
 
 from engine.config import MappingConfig, PipelineConfig
-from engine.errors import TerminalError
+from engine.errors import TerminalError, TransientError
 from engine.event import ChangeEvent, Op, TableId
 from engine.expressions import ExpressionError
 from engine.functions import surrogate_key
@@ -102,6 +102,14 @@ def test_value_map_from_a_table_reloads_at_a_batch_boundary(monkeypatch):
     tables["ref.codes"] = [{"code": "1", "name": "uno"}]
     resources.refresh()  # too early: the cached map stays
     assert m.map(event("c", after=row()))[0].row["status"] == "one"
+    resources.value_maps["codes"].loaded_at -= 10
+    resources.refresh()
+    assert m.map(event("c", after=row()))[0].row["status"] == "uno"
+    del tables["ref.codes"]  # the database goes away: the cached map stays in use
+
+    def unreachable(db, table):
+        raise TransientError("connection refused")
+    resources.value_maps["codes"].loader = lambda: unreachable("a", "ref.codes")
     resources.value_maps["codes"].loaded_at -= 10
     resources.refresh()
     assert m.map(event("c", after=row()))[0].row["status"] == "uno"
