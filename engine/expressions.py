@@ -115,6 +115,10 @@ def compile_expression(text: Any, *, columns: list[str] | None = None, extra: di
         root = compiler.node(tree)
     except RecursionError:
         raise ExpressionError("expression nested too deeply") from None
+    except ExpressionError:
+        raise
+    except (ValueError, TypeError, OverflowError) as exc:  # a literal Python cannot take (e.g. a huge float)
+        raise ExpressionError(f"not a valid expression: {exc}") from None
 
     def evaluate(after, before, event):
         try:
@@ -360,10 +364,9 @@ class _Compiler:
     def _literal(self, children) -> Evaluator:
         token = children[0]
         kind, text = token.type, token.value
-        if kind == "INT_LIT":
-            value: Any = _check_int(int(text, 0) if "x" not in text else int(text.replace("0x", ""), 16))
-        elif kind == "UINT_LIT":
-            value = _check_int(int(text[:-1], 0) if "x" not in text else int(text[:-1].replace("0x", ""), 16))
+        if kind in ("INT_LIT", "UINT_LIT"):
+            digits = text[:-1] if kind == "UINT_LIT" else text
+            value: Any = _check_int(int(digits.replace("0x", ""), 16) if "x" in digits else int(digits, 10))
         elif kind == "FLOAT_LIT":
             value = float(text)
         elif kind in ("STRING_LIT", "MLSTRING_LIT"):

@@ -28,7 +28,7 @@ def run(text, row=ROW, before=None, **kw):
     ('after.status != "X" && after.amount > 10', True),
     ("after.amount * 2", Decimal("25.00")),
     ("after.amount + 0.5", Decimal("13.00")),
-    ("7 / 2", 3), ("-7 / 2", -3), ("-7 % 3", -1), ("7.0 / 2.0", 3.5),
+    ("7 / 2", 3), ("-7 / 2", -3), ("-7 % 3", -1), ("7.0 / 2.0", 3.5), ("010 + 0x10 + 2u", 28),
     ('region_parent(after.code)', "110100"),
     ('region_parent("110100")', "110000"),
     ('region_parent("110000")', None),
