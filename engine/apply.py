@@ -58,10 +58,12 @@ class _Group:
 class BatchApplier:
     """Applies batches through a :class:`TargetSession`; one instance per pipeline and target."""
 
-    def __init__(self, session: TargetSession, tables: dict[TableId, TableInfo]):
+    def __init__(self, session: TargetSession, tables: dict[TableId, TableInfo],
+                 newer_wins: dict[TableId, str] | None = None):
         self.session = session
         self.tables = tables
         self.order = dependency_order(tables)
+        self.newer_wins = newer_wins or {}  # target table → its commit-time column (conflict: newer_wins)
 
     @contextmanager
     def transaction(self, pipeline: str) -> Iterator[TargetSession]:
@@ -145,6 +147,9 @@ class BatchApplier:
         rows = [row_of(c.row) for c in changes]
         if group.kind == "insert":
             session.insert(group.table, group.columns, rows)
+        elif group.table.id in self.newer_wins:
+            session.upsert_newer(group.table, group.columns, list(self._key_columns(group)), rows,
+                                 self.newer_wins[group.table.id])
         else:
             session.upsert(group.table, group.columns, list(self._key_columns(group)), rows)
 

@@ -18,11 +18,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
+from .ruleconfig import CAST_NAMES as CAST_NAMES  # re-exported for older imports
+from .ruleconfig import ColumnRule, DiscriminatorConfig, LookupConfig, SurrogateKeyConfig, ValueMapConfig
 from .yamlsource import LoadedYaml, load_yaml
 
 SyncMode = Literal["mirror", "upsert", "append"]
 Tier = Literal["county", "city", "province", "national", "enterprise", "department"]
-CAST_NAMES = ("int", "float", "decimal", "text", "bool", "date", "time", "timestamp", "timestamptz", "json", "bytes")
 
 
 class _Strict(BaseModel):
@@ -51,18 +52,6 @@ class DatabaseConfig(_Strict):
         return redact_url(self.url)
 
 
-class ColumnRule(_Strict):
-    to: str | None = None
-    cast: str | None = None
-
-    @field_validator("cast")
-    @classmethod
-    def _known_cast(cls, value: str | None) -> str | None:
-        if value is not None and value not in CAST_NAMES:
-            raise ValueError(f"unknown cast {value!r}; one of: {', '.join(CAST_NAMES)}{_suggest(value, CAST_NAMES)}")
-        return value
-
-
 class MetadataColumns(_Strict):
     """Target columns filled from the change itself rather than from the row."""
 
@@ -85,6 +74,15 @@ class MappingConfig(_Strict):
     mode: SyncMode | None = None
     include_unlisted: bool = True
     metadata: MetadataColumns = MetadataColumns()
+    # the rules vocabulary (engine/ruleconfig.py, README "Rules")
+    computed: dict[str, str] = Field(default_factory=dict, description="target column → expression")
+    filter: str | None = Field(default=None, description="expression; rows for which it is false are not sent")
+    lookups: list[LookupConfig] = Field(default_factory=list)
+    discriminator: DiscriminatorConfig | None = None
+    surrogate_key: SurrogateKeyConfig | None = None
+    conflict: Literal["source_wins", "newer_wins"] = Field(
+        default="source_wins", description="newer_wins: an upsert only replaces a target row whose "
+                                           "metadata.captured_at column is not newer")
 
 
 class SourceConfig(_Strict):
@@ -127,6 +125,8 @@ class PipelineConfig(_Strict):
     initial_load: bool = Field(default=False, description="copy current rows on first start, then stream")
     batch_size: int = Field(default=10000, ge=1, le=1_000_000)
     poll_interval: float = Field(default=1.0, gt=0, le=3600)
+    value_maps: dict[str, ValueMapConfig] = Field(default_factory=dict, description="code tables by name")
+    mask_key: str | None = Field(default=None, description="HMAC key for mask: hash (use ${ENV_VAR})")
 
     def mapping_for(self, table: str) -> MappingConfig | None:
         for mapping in self.mappings:
@@ -134,11 +134,17 @@ class PipelineConfig(_Strict):
                 return mapping
         return None
 
+    def mappings_for(self, table: str) -> list[MappingConfig]:
+        """Every mapping of ``table``: several when one source table is split into several targets."""
+        return [m for m in self.mappings if m.source == table]
+
 
 class Config(_Strict):
     node: NodeConfig
     databases: dict[str, DatabaseConfig]
     pipelines: list[PipelineConfig] = Field(default_factory=list)
+    base_dir: str = Field(default=".", exclude=True, description="set by load_config: relative paths start here")
+    source_file: str = Field(default="", exclude=True, description="set by load_config: the YAML it came from")
 
     def pipeline(self, name: str) -> PipelineConfig:
         for pipeline in self.pipelines:
@@ -175,9 +181,14 @@ def _model_at(path: tuple) -> type[BaseModel] | None:
         ("pipelines", "*", "mappings", "*"): MappingConfig,
         ("pipelines", "*", "mappings", "*", "metadata"): MetadataColumns,
         ("pipelines", "*", "mappings", "*", "columns", "*"): ColumnRule,
+        ("pipelines", "*", "value_maps", "*"): ValueMapConfig,
+        ("pipelines", "*", "mappings", "*", "lookups", "*"): LookupConfig,
+        ("pipelines", "*", "mappings", "*", "discriminator"): DiscriminatorConfig,
+        ("pipelines", "*", "mappings", "*", "surrogate_key"): SurrogateKeyConfig,
     }
     generic = tuple("*" if isinstance(p, int) or (i == 1 and path[0] == "databases") or
-                    (i == 5 and len(path) > 4 and path[4] == "columns") else p
+                    (i == 5 and len(path) > 4 and path[4] == "columns") or
+                    (i == 3 and len(path) > 2 and path[2] == "value_maps") else p
                     for i, p in enumerate(path))
     return models.get(generic)
 
@@ -241,13 +252,23 @@ def _cross_check(config: Config, source: LoadedYaml) -> list[str]:
             if mapping.source not in tables:
                 problems.append(f"{where}: mapping source {mapping.source!r} is not in the pipeline's "
                                 f"source tables{_suggest(mapping.source, tables)}")
-            if mapping.source in mapped:
-                problems.append(f"{where}: a second mapping for {mapping.source!r}")
-            mapped.add(mapping.source)
+            target = (mapping.source, mapping.target or mapping.source)
+            if target in mapped:
+                problems.append(f"{where}: a second mapping of {mapping.source!r} to the same target "
+                                f"(a split names a different target for each)")
+            mapped.add(target)
+            problems += rule_problems(pipeline, j, mapping, config, source)
             dropped_and_renamed = set(mapping.drop) & set(mapping.columns)
             if dropped_and_renamed:
                 problems.append(f"{where}: columns both dropped and mapped: {', '.join(sorted(dropped_and_renamed))}")
     return problems
+
+
+def rule_problems(pipeline: PipelineConfig, index: int, mapping: MappingConfig, config: Config,
+                  source: LoadedYaml) -> list[str]:
+    """Expressions, value-map and database names of one mapping (engine.rules does the work)."""
+    from .rules import offline_problems
+    return offline_problems(pipeline, index, mapping, config, source)
 
 
 def _line_order(problem: str) -> tuple:
@@ -271,12 +292,17 @@ def load_config(path: str | Path) -> Config:
     try:
         config = Config.model_validate(source.data)
     except ValidationError as exc:
-        errors = exc.errors()
+        errors = [{**e, "loc": tuple("ColumnRule" if isinstance(p, str) and p.startswith("function-") and
+                                     "ColumnRule" in p else p for p in e["loc"])} for e in exc.errors()]
         union_parts = {tuple(e["loc"][:e["loc"].index("ColumnRule")]) for e in errors if "ColumnRule" in e["loc"]}
         errors = [e for e in errors
                   if not ("str" in e["loc"] and tuple(e["loc"][:e["loc"].index("str")]) in union_parts)]
         problems = [_describe(e, source) for e in errors] + _raw_reference_problems(source.data, source)
+        from .rules import raw_expression_problems
+        problems += raw_expression_problems(source.data, source)
         raise ConfigError(sorted(problems, key=_line_order)) from None
+    config = config.model_copy(update={"base_dir": str(Path(path).resolve().parent),
+                                       "source_file": str(Path(path).resolve())})
     problems = _cross_check(config, source)
     if problems:
         raise ConfigError(problems)

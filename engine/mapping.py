@@ -12,9 +12,12 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, Callable, Literal
 
-from .casts import caster
 from .config import ColumnRule, MappingConfig, SyncMode
+from .errors import TerminalError
 from .event import ChangeEvent, Op, Row, TableId
+from .expressions import ExpressionError, compile_expression
+from .functions import surrogate_key
+from .rules import RuleResources, column_converter, expression_functions
 from .schema import TableInfo
 
 ChangeKind = Literal["upsert", "insert", "delete", "truncate"]
@@ -40,10 +43,17 @@ class ColumnPlan:
 
 
 class CompiledMapping:
-    """One source table's rules, ready to apply to events."""
+    """One source table's rules for one target table, ready to apply to events.
+
+    Everything is decided here, once: each column's converter, the compiled
+    expressions (filter, computed columns), lookups, the key. ``map`` is then
+    a loop over precomputed plans; a mapping of plain renames keeps its
+    single-dict-comprehension fast path.
+    """
 
     def __init__(self, config: MappingConfig, source: TableInfo, source_key: tuple[str, ...],
-                 target: TableId, default_mode: SyncMode, apply_truncate: bool = False):
+                 target: TableId, default_mode: SyncMode, apply_truncate: bool = False,
+                 resources: RuleResources | None = None):
         self.config = config
         self.source = source
         self.target = target
@@ -59,21 +69,62 @@ class CompiledMapping:
                 self.plans[column] = None
                 continue
             if isinstance(rule, ColumnRule):
-                self.plans[column] = ColumnPlan(column, rule.to or column, caster(rule.cast) if rule.cast else None)
+                try:
+                    convert = column_converter(rule, column, resources)
+                except TerminalError as exc:
+                    raise TerminalError(f"columns.{column}: {exc}") from None
+                self.plans[column] = ColumnPlan(column, rule.to or column, convert)
             else:
                 self.plans[column] = ColumnPlan(column, rule or column, None)
         self.constants = dict(config.constants)
+        if config.discriminator:
+            self.constants[config.discriminator.column] = config.discriminator.value or source.id.name
         self.metadata = config.metadata
+        columns = list(source.column_names)
+        functions = expression_functions(resources)
+        self.computed = [(name, _compile(f"computed.{name}", text, columns, functions))
+                         for name, text in config.computed.items()]
+        self.filter = _compile("filter", config.filter, columns, functions) if config.filter else None
+        self._filter = self.filter.evaluate if self.filter else None
+        self.lookups = [resources.lookup(c).enricher() if resources else _no_resources(c) for c in config.lookups]
+        self.surrogate = config.surrogate_key
+        self._surrogate_of = tuple_getter(tuple(self.surrogate.columns or source_key)) if self.surrogate else None
+        self._surrogate_prefix = (self.constants[config.discriminator.column],) if config.discriminator else ()
         renamed = {c: p.target for c, p in self.plans.items() if p}
-        # with no casts, a row holding exactly the known columns maps by a precomputed list of pairs
-        plain = all(p is None or p.convert is None for p in self.plans.values())
-        self._renames = {c: renamed.get(c) for c in self.plans} if plain else None
-        self._pairs = [(c, t) for c, t in renamed.items()] if plain else []
+        # with no converters, a row holding exactly the known columns maps by a precomputed list of pairs
+        self._renames = {c: renamed.get(c) for c in self.plans}
+        self._pairs = [(c, p.target) for c, p in self.plans.items() if p and p.convert is None]
+        self._converted = [(c, p.target, p.convert) for c, p in self.plans.items() if p and p.convert is not None]
+        self._computed = [(name, e.evaluate) for name, e in self.computed]
+        self._extra = bool(self.lookups or self.surrogate or self.computed)
+        meta = self.metadata
+        self._fixed = bool(self.constants) or any((meta.op, meta.captured_at, meta.origin, meta.source_table, meta.seq))
         if config.key:
             self.target_key = tuple(config.key)
         else:
             self.target_key = tuple(renamed.get(c, c) for c in source_key)
+            if self.surrogate:
+                self.target_key = (self.surrogate.column,)
+        if config.discriminator and config.discriminator.column not in self.target_key:
+            self.target_key += (config.discriminator.column,)
         self._key_getter = tuple_getter(self.target_key)
+        self._append, self._mirror = self.mode == "append", self.mode == "mirror"
+        self._source_key_getter = tuple_getter(tuple(source_key))
+        self._key_from_source_key = self._key_depends_on_source_key_only()
+
+    def _key_depends_on_source_key_only(self) -> bool:
+        """Whether the target key is a function of the source key alone (then an update keeping it keeps ours)."""
+        by_target = {p.target: p.source for p in self.plans.values() if p}
+        for column in self.target_key:
+            if column in self.constants:
+                continue
+            if self.surrogate and column == self.surrogate.column:
+                if not set(self.surrogate.columns or self.source_key) <= set(self.source_key):
+                    return False
+                continue
+            if column in {name for name, _ in self.computed} or by_target.get(column) not in self.source_key:
+                return False
+        return True
 
     def source_key_of_target_key(self) -> Callable[[tuple], tuple] | None:
         """Turns a target key back into its source key, where every target key column is a plain rename."""
@@ -91,25 +142,39 @@ class CompiledMapping:
         """Every target column this mapping writes."""
         columns = [p.target for p in self.plans.values() if p]
         columns += list(self.constants)
+        columns += [name for name, _ in self.computed]
+        columns += [t for lookup in self.config.lookups for t in lookup.columns.values()]
+        if self.surrogate:
+            columns.append(self.surrogate.column)
         columns += [c for c in (self.metadata.op, self.metadata.captured_at, self.metadata.origin,
                                 self.metadata.source_table, self.metadata.seq) if c]
-        return columns
+        return list(dict.fromkeys(columns))
 
     def map_row(self, row: Row, event: ChangeEvent) -> Row:
-        if self._renames is not None and row.keys() == self._renames.keys():  # the common case: renames only
+        if row.keys() == self._renames.keys():  # the common case: the row holds exactly the known columns
             out = {target: row[source] for source, target in self._pairs}
-            return self._add_fixed(out, event)
-        out: Row = {}
-        plans = self.plans
-        for column, value in row.items():
-            plan = plans.get(column, _UNKNOWN)
-            if plan is _UNKNOWN:  # a column added to the source after the rules were compiled
-                if not self.config.include_unlisted or column in self.config.drop:
-                    continue
-                out[column] = value
-            elif plan is not None:
-                out[plan.target] = plan.convert(value) if plan.convert else value
-        return self._add_fixed(out, event)
+            for source, target, convert in self._converted:
+                out[target] = convert(row[source])
+        else:
+            out = {}
+            plans = self.plans
+            for column, value in row.items():
+                plan = plans.get(column, _UNKNOWN)
+                if plan is _UNKNOWN:  # a column added to the source after the rules were compiled
+                    if not self.config.include_unlisted or column in self.config.drop:
+                        continue
+                    out[column] = value
+                elif plan is not None:
+                    out[plan.target] = plan.convert(value) if plan.convert else value
+        if self._extra:
+            before = event.before
+            for name, evaluate in self._computed:
+                out[name] = evaluate(row, before, event)
+            for enrich in self.lookups:
+                enrich(row, out)
+            if self.surrogate:
+                out[self.surrogate.column] = self._surrogate(row, event)
+        return self._add_fixed(out, event) if self._fixed else out
 
     def _add_fixed(self, out: Row, event: ChangeEvent) -> Row:
         if self.constants:
@@ -127,38 +192,120 @@ class CompiledMapping:
             out[meta.seq] = event.seq
         return out
 
+    def _surrogate(self, row: Row, event: ChangeEvent) -> str:
+        """UUIDv5 of (origin node,) (discriminator value,) source key: merged sources never collide."""
+        values = self._surrogate_prefix + self._surrogate_of(row)
+        return surrogate_key(event.origin, *values) if self.surrogate.origin else surrogate_key(*values)
+
+    def passes(self, image: Row, event: ChangeEvent) -> bool:
+        """Whether ``image`` passes the row filter (always, without one)."""
+        if self.filter is None:
+            return True
+        result = self.filter.evaluate(image, event.before, event)
+        if result is True or result is False:
+            return result
+        raise ExpressionError(f"filter gave {result!r}, not true or false")
+
+    def _was_in(self, event: ChangeEvent) -> bool:
+        """Whether the old image passed the filter; unknown (no old image, or one too partial) counts as yes."""
+        if event.before is None:
+            return True
+        try:
+            return self.passes(event.before, event)
+        except ExpressionError:
+            return True
+
     def _key_of(self, row: Row) -> tuple:
         return self._key_getter(row)
 
     def map(self, event: ChangeEvent) -> list[TargetChange]:
         """The target changes for one event, in the order they must run."""
         op = event.op
+        if self._append or op is Op.DELETE or op is Op.TRUNCATE:
+            return self._map_other(event)
+        after = event.after
+        if after is None:
+            return []
+        if self._filter is not None and self._filter(after, event.before, event) is not True \
+                and not self.passes(after, event):
+            # out of the filter: an update that moves the row out deletes it at the target
+            if op is not Op.UPDATE or not self._mirror or not self._was_in(event):
+                return []
+            row = self.map_row(event.before if _complete(event.before, after) else after, event)
+            return [TargetChange("delete", self.target, self._key_getter(row), None, event, self.target_key)]
+        row = self.map_row(after, event)
+        key = self._key_getter(row)
+        if op is Op.UPDATE and self._mirror and event.before is not None:
+            if not (self._key_from_source_key and
+                    self._source_key_getter(event.before) == self._source_key_getter(after)):
+                old_key = self._old_key(event)
+                if old_key != key:  # the key itself changed: the old row goes away
+                    return [TargetChange("delete", self.target, old_key, None, event, self.target_key),
+                            TargetChange("upsert", self.target, key, row, event, self.target_key)]
+        return [TargetChange("upsert", self.target, key, row, event, self.target_key)]
+
+    def _map_other(self, event: ChangeEvent) -> list[TargetChange]:
+        """Truncates, deletes, and every change of an append (history) mapping."""
+        op = event.op
         if op is Op.TRUNCATE:
             return [TargetChange("truncate", self.target, (), None, event)] if self.apply_truncate else []
-        if self.mode == "append":
+        if self._append:
             if op is Op.DELETE and not self.metadata.op:
                 return []
             image = event.before if op is Op.DELETE else event.after
-            if image is None:
+            if image is None or (self.filter is not None and not self.passes(image, event)):
                 return []
             row = self.map_row(image, event)
             return [TargetChange("insert", self.target, (), row, event, ())]
-        if op is Op.DELETE:
-            if self.mode == "upsert" or event.before is None:
-                return []
-            row = self.map_row(event.before, event)
-            return [TargetChange("delete", self.target, self._key_of(row), None, event, self.target_key)]
-        if op is Op.TRUNCATE or event.after is None:
+        if self.mode == "upsert" or event.before is None:
             return []
-        row = self.map_row(event.after, event)
-        key = self._key_of(row)
-        changes = []
-        if op is Op.UPDATE and event.before is not None and self.mode == "mirror":
-            old_key = self._key_of(self.map_row({c: event.before.get(c) for c in self.source_key}, event))
-            if old_key != key:  # the key itself changed: the old row goes away
-                changes.append(TargetChange("delete", self.target, old_key, None, event, self.target_key))
-        changes.append(TargetChange("upsert", self.target, key, row, event, self.target_key))
+        if self.filter is not None and not self._was_in(event):
+            return []
+        row = self.map_row(event.before, event)
+        return [TargetChange("delete", self.target, self._key_of(row), None, event, self.target_key)]
+
+    def _old_key(self, event: ChangeEvent) -> tuple:
+        """The target key of the old image (the full image when the source sent it, else its key columns)."""
+        before = event.before
+        if _complete(before, event.after):
+            return self._key_of(self.map_row(before, event))
+        partial = dict(event.after)
+        partial.update({c: before.get(c) for c in self.source_key})
+        return self._key_of(self.map_row(partial, event))
+
+
+class SplitMapping:
+    """One source table mapped to several targets: each part maps every event; deletes before upserts."""
+
+    def __init__(self, parts: list[CompiledMapping]):
+        self.parts = parts
+        first = parts[0]
+        self.target, self.mode, self.source, self.source_key = first.target, first.mode, first.source, first.source_key
+        self.target_key = first.target_key
+
+    def map(self, event: ChangeEvent) -> list[TargetChange]:
+        changes: list[TargetChange] = []
+        for part in self.parts:
+            changes.extend(part.map(event))
         return changes
+
+    def source_key_of_target_key(self):
+        return None  # a reload cannot tell which part a target row came from: extras are left to reconcile
+
+
+def _compile(where: str, text: str, columns: list[str], functions: dict):
+    try:
+        return compile_expression(text, columns=columns, functions=functions)
+    except ExpressionError as exc:
+        raise ExpressionError(f"{where}: {exc}") from None
+
+
+def _complete(before: Row | None, after: Row | None) -> bool:
+    return before is not None and (after is None or before.keys() >= after.keys())
+
+
+def _no_resources(config):
+    raise TerminalError(f"lookup {config.table}: the mapping was compiled without database access")
 
 
 _UNKNOWN = object()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -30,6 +31,7 @@ def run_node(config: Config, names: list[str], *, once: bool, stop: threading.Ev
             failures[runner.pipeline.name] = f"{type(exc).__name__}: {exc}"
             log.exception("pipeline %s stopped by an unexpected error", runner.pipeline.name)
 
+    _reload_on_sighup(runners)
     threads = [threading.Thread(target=drive, args=(r,), name=r.pipeline.name, daemon=True) for r in runners]
     for thread in threads:
         thread.start()
@@ -69,3 +71,15 @@ def pipeline_status(config: Config, name: str) -> PipelineStatus:
                               target.dead_letter_count(name), warning=progress.warning)
     except TiersyncError as exc:
         return PipelineStatus(name, "?", "?", -1, -1.0, -1, str(exc))
+
+
+def _reload_on_sighup(runners: list[PipelineRunner]) -> None:
+    """SIGHUP: every pipeline re-reads its rules at its next batch boundary (main thread, POSIX only)."""
+    if not hasattr(signal, "SIGHUP") or threading.current_thread() is not threading.main_thread():
+        return
+
+    def on_hangup(_signum, _frame):
+        log.info("SIGHUP: reloading rules at the next batch boundary")
+        for runner in runners:
+            runner.request_reload()
+    signal.signal(signal.SIGHUP, on_hangup)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from .apply import Batch, BatchApplier, event_to_json
 from .config import Config
-from .errors import TerminalError, TransientError
+from .errors import TerminalError, TiersyncError, TransientError
 from .mapping import TargetChange
 from .plan import PipelinePlan, build_plan
 from .seams import DeadLetter
@@ -58,6 +58,8 @@ class PipelineRunner:
         self._next: Future | None = None
         self._open_transaction = False
         self._caught_up = True
+        self._reload = threading.Event()  # set by SIGHUP: new rules take effect at the next batch boundary
+        self.last_reload = ""
 
     # -------------------------------------------------------------- set-up
 
@@ -104,6 +106,8 @@ class PipelineRunner:
         self._caught_up = read.caught_up
         if not read.events and not read.ends_transaction and not read.rejected:
             return None
+        if self.plan.resources is not None:
+            self.plan.resources.refresh()  # table value maps and lookups past their reload interval
         mappings = self.plan.mappings
         changes: list[TargetChange] = []
         rejected: list[DeadLetter] = list(read.rejected)
@@ -127,6 +131,9 @@ class PipelineRunner:
             batch = future.result()
         else:
             batch = self._produce()
+        if self._reload.is_set() and not self._open_transaction:
+            self._reload.clear()
+            self.reload_rules()  # a batch in hand was mapped with the old rules; the next one uses the new
         if batch is None:
             return None
         self._next = self._prefetcher.submit(self._produce)
@@ -165,6 +172,53 @@ class PipelineRunner:
         self.stats.events += batch.events
         self.stats.applied += result.applied
         self.stats.dead_letters += result.dead_letters
+
+    # -------------------------------------------------------------- rule reload
+
+    def request_reload(self) -> None:
+        """Ask for the rules to be re-read from the config file at the next batch boundary."""
+        self._reload.set()
+
+    def reload_rules(self) -> list[str]:
+        """Recompile this pipeline's mappings from the config file; keep the old ones on any problem.
+
+        Only the rules (mappings, value maps, mask key) change; sources, targets and tables need a restart.
+        Returns what it logged: which mappings changed, so existing target rows need a re-load.
+        """
+        from .config import load_config
+        from .plan import compile_mappings
+        from .schema import dependency_order
+
+        file = self.config.source_file
+        who = _who_changed(file)
+        try:
+            config = load_config(file)
+            pipeline = config.pipeline(self.pipeline.name)
+            problems: list[str] = []
+            mappings, targets, resources = compile_mappings(config, pipeline, self.plan.source, self.plan.target,
+                                                            self.plan.captured, problems)
+        except TiersyncError as exc:
+            problems = getattr(exc, "problems", None) or [str(exc)]
+        if problems:
+            message = f"pipeline {self.pipeline.name}: rules NOT reloaded from {file} ({who}): " + "; ".join(problems)
+            log.error(message)
+            self.last_reload = message
+            return [message]
+        changed = reload_report(self.pipeline, pipeline)
+        self.plan.mappings, self.plan.resources = mappings, resources
+        self.plan.target_tables.update(targets)
+        self.applier.tables = self.plan.target_tables
+        self.applier.order = dependency_order(self.plan.target_tables)
+        self.applier.newer_wins = self.plan.newer_wins()
+        self.pipeline = self.plan.config = pipeline
+        self.config = config
+        lines = [f"pipeline {pipeline.name}: rules reloaded from {file} ({who}); "
+                 f"{len(changed) or 'no'} mapping(s) changed"]
+        lines += [f"pipeline {pipeline.name}: {what}" for what in changed]
+        for line in lines:
+            log.log(logging.WARNING if changed else logging.INFO, line)
+        self.last_reload = "\n".join(lines)
+        return lines
 
     # -------------------------------------------------------------- the loop
 
@@ -205,3 +259,46 @@ class PipelineRunner:
                 self.close()
                 self.plan = None
                 self.stop.wait(delay)
+
+
+def _who_changed(file: str) -> str:
+    """The config file's owner and modification time: who changed the rules, as far as the file tells."""
+    import os
+    import pwd
+    from datetime import datetime, timezone
+    try:
+        stat = os.stat(file)
+    except OSError:
+        return "file not readable"
+    try:
+        owner = pwd.getpwuid(stat.st_uid).pw_name
+    except KeyError:
+        owner = str(stat.st_uid)
+    when = datetime.fromtimestamp(stat.st_mtime, timezone.utc).isoformat(timespec="seconds")
+    return f"owner {owner}, modified {when}"
+
+
+def reload_report(old, new) -> list[str]:
+    """Per source table whose rules differ: what changed and whether rows already in the target are stale."""
+    report = []
+    tables = dict.fromkeys(list(old.source.tables) + list(new.source.tables))
+    for table in tables:
+        before = [m.model_dump() for m in old.mappings_for(table)]
+        after = [m.model_dump() for m in new.mappings_for(table)]
+        maps_changed = old.value_maps != new.value_maps or old.mask_key != new.mask_key
+        if before == after and not maps_changed:
+            continue
+        if before == after:
+            report.append(f"{table}: value maps or mask key changed; existing target rows may need a re-load "
+                          f"(tiersync snapshot --pipeline {new.name} --table {table})")
+        elif [_without(m, "filter") for m in before] == [_without(m, "filter") for m in after]:
+            report.append(f"{table}: the row filter changed; rows it now admits or excludes are only corrected "
+                          f"by a re-load (tiersync snapshot --pipeline {new.name} --table {table})")
+        else:
+            report.append(f"{table}: mapping rules changed; existing target rows were written with the old rules "
+                          f"and need a re-load (tiersync snapshot --pipeline {new.name} --table {table})")
+    return report
+
+
+def _without(dump: dict, key: str) -> dict:
+    return {k: v for k, v in dump.items() if k != key}

@@ -13,10 +13,12 @@ import difflib
 from dataclasses import dataclass
 
 from .config import Config, MappingConfig, PipelineConfig
-from .errors import ConfigError, TerminalError, TransientError
+from .errors import ConfigError, TerminalError, TiersyncError, TransientError
 from .event import TableId
-from .mapping import CompiledMapping
+from .expressions import ExpressionError
+from .mapping import CompiledMapping, SplitMapping
 from .registry import connector_for
+from .rules import RuleResources
 from .schema import TableInfo
 from .seams import CapturedTable, Connector
 
@@ -28,12 +30,22 @@ class PipelinePlan:
     source: Connector
     target: Connector
     captured: list[CapturedTable]
-    mappings: dict[TableId, CompiledMapping]
+    mappings: dict[TableId, CompiledMapping | SplitMapping]
     target_tables: dict[TableId, TableInfo]
+    resources: RuleResources | None = None
 
     def close(self) -> None:
         self.source.close()
         self.target.close()
+
+    def newer_wins(self) -> dict[TableId, str]:
+        """Target tables whose mapping has conflict: newer_wins, with their commit-time column."""
+        out = {}
+        for mapping in self.mappings.values():
+            for part in getattr(mapping, "parts", [mapping]):
+                if part.config.conflict == "newer_wins" and part.config.metadata.captured_at:
+                    out[part.target] = part.config.metadata.captured_at
+        return out
 
 
 def _suggest(word: str, choices: list[str]) -> str:
@@ -88,42 +100,105 @@ def build_plan(config: Config, pipeline: PipelineConfig, *, connect_target: bool
     if not problems:
         problems += [f"pipeline {pipeline.name}: {p}" for p in
                      source.capture_problems(pipeline.source, pipeline.name, captured)]
-    mappings: dict[TableId, CompiledMapping] = {}
-    target_tables: dict[TableId, TableInfo] = {}
-    for table in captured:
-        name = next(n for n in pipeline.source.tables if source.qualify(n) == table.info.id)
-        rules = pipeline.mapping_for(name)
-        if rules is None:
-            rules = MappingConfig(source=name)
-        target_id = target.qualify(rules.target or table.info.id.name)
-        mapping = CompiledMapping(rules, table.info, table.key, target_id, pipeline.target.mode,
-                                  apply_truncate=pipeline.target.truncate == "apply")
-        mappings[table.info.id] = mapping
-        if not connect_target:
-            continue
-        info = target_tables.get(target_id) or target.describe_target(target_id, table.info, mapping)
-        where = f"pipeline {pipeline.name}, mapping {name} → {target_id}"
-        if info is None:
-            problems.append(f"{where}: target table {target_id} does not exist")
-            continue
-        target_tables[target_id] = info
-        for rule_source in list(rules.columns) + list(rules.drop):
-            if table.info.column(rule_source) is None:
-                problems.append(f"{where}: source column {rule_source!r} is not in {table.info.id}"
-                                f"{_suggest(rule_source, table.info.column_names)}")
-        for column in mapping.target_columns():
-            target_column = info.column(column)
-            if target_column is None:
-                problems.append(f"{where}: column {column!r} is not in the target table"
-                                f"{_suggest(column, info.column_names)}")
-            elif target_column.generated:
-                problems.append(f"{where}: column {column!r} is generated in the target and cannot be written")
-        if mapping.mode != "append":
-            if not mapping.target_key:
-                problems.append(f"{where}: no target key; set key: [...] in the mapping")
-            elif set(mapping.target_key) not in [set(k) for k in target.unique_keys(target_id)]:
-                problems.append(f"{where}: target key ({', '.join(mapping.target_key)}) is not the primary key or "
-                                f"a unique constraint of {target_id}; add one or set key: [...] to one that is")
+    mappings, target_tables, resources = compile_mappings(config, pipeline, source, target, captured, problems,
+                                                          connect_target=connect_target)
     if problems:
         raise ConfigError(problems)
-    return PipelinePlan(pipeline, config.node.id, source, target, captured, mappings, target_tables)
+    return PipelinePlan(pipeline, config.node.id, source, target, captured, mappings, target_tables, resources)
+
+
+def compile_mappings(config: Config, pipeline: PipelineConfig, source: Connector, target: Connector,
+                     captured: list[CapturedTable], problems: list[str], *, connect_target: bool = True):
+    """Every captured table's compiled mapping(s), the target tables they write, and the rules' resources."""
+    mappings: dict[TableId, CompiledMapping | SplitMapping] = {}
+    target_tables: dict[TableId, TableInfo] = {}
+    try:
+        resources = rule_resources(config, pipeline)
+    except TiersyncError as exc:
+        problems.append(f"pipeline {pipeline.name}: {exc}")
+        return mappings, target_tables, None
+    for table in captured:
+        name = next(n for n in pipeline.source.tables if source.qualify(n) == table.info.id)
+        parts = []
+        for rules in pipeline.mappings_for(name) or [MappingConfig(source=name)]:
+            target_id = target.qualify(rules.target or table.info.id.name)
+            for rule_source in list(rules.columns) + list(rules.drop):
+                if table.info.column(rule_source) is None:
+                    problems.append(f"pipeline {pipeline.name}, mapping {name} → {target_id}: source column "
+                                    f"{rule_source!r} is not in {table.info.id}"
+                                    f"{_suggest(rule_source, table.info.column_names)}")
+            try:
+                mapping = CompiledMapping(rules, table.info, table.key, target_id, pipeline.target.mode,
+                                          apply_truncate=pipeline.target.truncate == "apply", resources=resources)
+            except (ExpressionError, TiersyncError) as exc:
+                problems.append(f"pipeline {pipeline.name}, mapping {name} → {target_id}: {exc}")
+                continue
+            parts.append(mapping)
+            problems += _check_target(pipeline, target, table, rules, mapping, target_tables, connect_target)
+        if parts:
+            mappings[table.info.id] = parts[0] if len(parts) == 1 else SplitMapping(parts)
+    return mappings, target_tables, resources
+
+
+def rule_resources(config: Config, pipeline: PipelineConfig) -> RuleResources:
+    """The pipeline's value maps and lookups; tables are read through their database's connector."""
+    connectors: dict[str, Connector] = {}
+
+    def load_table(database: str, name: str) -> list[dict]:
+        if database not in config.databases:
+            raise ConfigError([f"database {database!r} is not declared under databases"])
+        if database not in connectors:
+            db = config.databases[database]
+            connectors[database] = connector_for(db.url, db.state_schema)
+        connector = connectors[database]
+        info = connector.describe(connector.qualify(name))
+        if info is None:
+            raise ConfigError([f"table {name} does not exist in database {database!r}"])
+        key = info.primary_key or tuple(info.column_names)
+        scanner = connector.table_scanner(CapturedTable(info, key))
+        rows: list[dict] = []
+        try:
+            after = None
+            while True:
+                chunk = scanner.chunk(after, 10000, None)
+                rows += chunk
+                if len(chunk) < 10000:
+                    return rows
+                after = tuple(chunk[-1][c] for c in key)
+        finally:
+            scanner.close()
+
+    return RuleResources(pipeline, config.base_dir, config, load_table)
+
+
+def _check_target(pipeline: PipelineConfig, target: Connector, table: CapturedTable, rules: MappingConfig,
+                  mapping: CompiledMapping, target_tables: dict, connect_target: bool) -> list[str]:
+    """One compiled mapping against its target table: columns, key, and the source columns its rules name."""
+    problems: list[str] = []
+    name = rules.source
+    target_id = mapping.target
+    if not connect_target:
+        return problems
+    info = target_tables.get(target_id) or target.describe_target(target_id, table.info, mapping)
+    where = f"pipeline {pipeline.name}, mapping {name} → {target_id}"
+    if info is None:
+        problems.append(f"{where}: target table {target_id} does not exist")
+        return problems
+    target_tables[target_id] = info
+    for column in mapping.target_columns():
+        target_column = info.column(column)
+        if target_column is None:
+            problems.append(f"{where}: column {column!r} is not in the target table"
+                            f"{_suggest(column, info.column_names)}")
+        elif target_column.generated:
+            problems.append(f"{where}: column {column!r} is generated in the target and cannot be written")
+    if rules.conflict not in target.conflict_policies:
+        problems.append(f"{where}: conflict: {rules.conflict} is not supported by this target database "
+                        f"(supported: {', '.join(target.conflict_policies)})")
+    if mapping.mode != "append":
+        if not mapping.target_key:
+            problems.append(f"{where}: no target key; set key: [...] in the mapping")
+        elif set(mapping.target_key) not in [set(k) for k in target.unique_keys(target_id)]:
+            problems.append(f"{where}: target key ({', '.join(mapping.target_key)}) is not the primary key or "
+                            f"a unique constraint of {target_id}; add one or set key: [...] to one that is")
+    return problems

@@ -254,6 +254,12 @@ class TargetSession(ABC):
     @abstractmethod
     def upsert(self, table: TableInfo, columns: list[str], key: list[str], rows: list[tuple]) -> None: ...
 
+    def upsert_newer(self, table: TableInfo, columns: list[str], key: list[str], rows: list[tuple],
+                     time_column: str) -> None:
+        """Upsert, but leave a target row whose ``time_column`` is newer than the incoming row's (newer_wins)."""
+        from .errors import TerminalError
+        raise TerminalError(f"conflict: newer_wins is not supported by this target ({type(self).__name__})")
+
     @abstractmethod
     def insert(self, table: TableInfo, columns: list[str], rows: list[tuple]) -> None: ...
 
@@ -277,6 +283,7 @@ class Connector(ABC):
     """One database: its catalog, capture, reader and target session."""
 
     scheme: str = ""
+    conflict_policies: tuple[str, ...] = ("source_wins",)  # what a mapping's conflict: may ask of this target
 
     def __init__(self, url: str, state_schema: str = "tiersync"):
         self.url = url
@@ -331,7 +338,11 @@ class Connector(ABC):
         """What applies batches through ``session``: the set-based :class:`engine.apply.BatchApplier` by default."""
         from .apply import BatchApplier
 
-        return BatchApplier(session, plan.target_tables)
+        return BatchApplier(session, plan.target_tables, plan.newer_wins())
+
+    def write_statements(self, kind: str, table: TableId, columns: list[str], key: list[str]) -> list[str]:
+        """The statements a target session runs for one group of changes (shown by `rules test`; never run)."""
+        return []
 
     @abstractmethod
     def table_scanner(self, table: CapturedTable) -> TableScanner: ...

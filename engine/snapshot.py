@@ -64,7 +64,7 @@ class Snapshot:
         plan.target.ensure_state()
         session = plan.target.target_session()
         try:
-            applier = BatchApplier(session, plan.target_tables)
+            applier = BatchApplier(session, plan.target_tables, plan.newer_wins())
             return [self._load(applier, table) for table in self.tables if not self.stop.is_set()]
         finally:
             session.close()

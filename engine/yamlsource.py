@@ -21,6 +21,10 @@ class LoadedYaml:
     lines: dict[tuple, int]
     file: str
     problems: list[str]
+    columns: dict[tuple, int] | None = None  # path → 1-based column of the value
+
+    def column_of(self, path: tuple) -> int | None:
+        return (self.columns or {}).get(tuple(path))
 
     def line_of(self, path: tuple) -> int | None:
         """The line of ``path`` or of its nearest ancestor that has one."""
@@ -62,11 +66,13 @@ def load_yaml(path: str | Path) -> LoadedYaml:
         raise_problem = f"{file}{line}: not valid YAML: {getattr(exc, 'problem', exc)}"
         return LoadedYaml(None, {}, file, [raise_problem])
     lines: dict[tuple, int] = {}
+    columns: dict[tuple, int] = {}
 
     def build(node: yaml.Node | None, path: tuple) -> Any:
         if node is None:
             return None
         lines[path] = node.start_mark.line + 1
+        columns[path] = node.start_mark.column + 1
         if isinstance(node, yaml.MappingNode):
             out: dict = {}
             for key_node, value_node in node.value:
@@ -87,4 +93,4 @@ def load_yaml(path: str | Path) -> LoadedYaml:
         return value
 
     data = build(root, ())
-    return LoadedYaml(data, lines, file, problems)
+    return LoadedYaml(data, lines, file, problems, columns)

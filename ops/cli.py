@@ -419,6 +419,7 @@ def snapshot(config_path: str, pipeline_name: str, tables: tuple[str, ...], wher
 from ops.binlog_cli import binlog  # noqa: E402
 from ops.compact_cli import compact  # noqa: E402
 from ops.reconcile_cli import reconcile  # noqa: E402
+from ops.rules_cli import rules  # noqa: E402
 
-for _command in (binlog, reconcile, compact):
+for _command in (binlog, reconcile, compact, rules):
     main.add_command(_command)

@@ -33,6 +33,7 @@ from .triggers import PostgresTriggerCapture
 
 class PostgresConnector(Connector):
     scheme = "postgresql"
+    conflict_policies = ("source_wins", "newer_wins")
     default_schema = "public"
 
     def _query(self, sql: str, params=None, what: str = "reading the catalog") -> list[tuple]:
@@ -130,6 +131,18 @@ class PostgresConnector(Connector):
 
     def target_session(self) -> TargetSession:
         return PostgresSession(self.url, self.state_schema)
+
+    def write_statements(self, kind: str, table: TableId, columns: list[str], key: list[str]) -> list[str]:
+        if kind == "truncate":
+            return [f"TRUNCATE {dialect.qualified(table)}"]
+        staged = key if kind == "delete" else columns
+        stage = dialect.stage_name(table, tuple(staged))
+        write = {"upsert": lambda: dialect.upsert_from_stage_sql(stage, table, columns, key),
+                 "upsert newer": lambda: dialect.upsert_newer_from_stage_sql(stage, table, columns, key[:-1],
+                                                                              key[-1]),
+                 "insert": lambda: dialect.insert_from_stage_sql(stage, table, columns),
+                 "delete": lambda: dialect.delete_from_stage_sql(stage, table, key)}[kind]()
+        return [dialect.create_stage_sql(stage, table, staged), dialect.copy_sql(stage, staged), write]
 
     def table_scanner(self, table: CapturedTable) -> TableScanner:
         return PostgresTableScanner(self.url, table)

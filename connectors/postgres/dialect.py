@@ -403,6 +403,18 @@ def upsert_from_stage_sql(stage: str, table: TableId, columns: list[str], key: l
             f"ON CONFLICT ({conflict}) {action}")
 
 
+def upsert_newer_from_stage_sql(stage: str, table: TableId, columns: list[str], key: list[str],
+                                time_column: str) -> str:
+    """The upsert, leaving target rows whose commit-time column is newer than the incoming row's."""
+    cols = ", ".join(quote(c) for c in columns)
+    updates = [c for c in columns if c not in key] or [key[0]]
+    conflict = ", ".join(quote(c) for c in key)
+    t = quote(time_column)
+    return (f"INSERT INTO {qualified(table)} AS t ({cols}) SELECT {cols} FROM {quote(stage)} "
+            f"ON CONFLICT ({conflict}) DO UPDATE SET " + ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in updates)
+            + f" WHERE t.{t} IS NULL OR EXCLUDED.{t} IS NULL OR t.{t} <= EXCLUDED.{t}")
+
+
 def insert_from_stage_sql(stage: str, table: TableId, columns: list[str]) -> str:
     cols = ", ".join(quote(c) for c in columns)
     return f"INSERT INTO {qualified(table)} ({cols}) SELECT {cols} FROM {quote(stage)}"

@@ -161,6 +161,12 @@ class PostgresSession(TargetSession):
         stage = self._stage(table, columns, rows)
         self._run(dialect.upsert_from_stage_sql(stage, table.id, columns, key), what=f"upserting into {table.id}")
 
+    def upsert_newer(self, table: TableInfo, columns: list[str], key: list[str], rows: list[tuple],
+                     time_column: str) -> None:
+        stage = self._stage(table, columns, rows)
+        self._run(dialect.upsert_newer_from_stage_sql(stage, table.id, columns, key, time_column),
+                  what=f"upserting into {table.id}")
+
     def insert(self, table: TableInfo, columns: list[str], rows: list[tuple]) -> None:
         stage = self._stage(table, columns, rows)
         self._run(dialect.insert_from_stage_sql(stage, table.id, columns), what=f"inserting into {table.id}")

@@ -108,6 +108,13 @@ class SqliteConnector(Connector):
     def target_session(self) -> TargetSession:
         return SqliteSession(self.url)
 
+    def write_statements(self, kind: str, table: TableId, columns: list[str], key: list[str]) -> list[str]:
+        if kind == "truncate":
+            return [f"DELETE FROM {dialect.quote(table.name)}"]
+        return [{"upsert": lambda: dialect.upsert_sql(table, columns, key),
+                 "insert": lambda: dialect.insert_sql(table, columns),
+                 "delete": lambda: dialect.delete_sql(table, key)}[kind]()]
+
     def table_scanner(self, table: CapturedTable) -> TableScanner:
         return SqliteTableScanner(self.url, table)
 
