@@ -6,6 +6,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from engine.config import SourceConfig
+from engine.errors import TerminalError
 from engine.event import TableId
 from engine.schema import ColumnInfo, TableInfo
 from engine.seams import (
@@ -72,6 +73,8 @@ class PostgresConnector(Connector):
 
     def reader(self, source: SourceConfig, consumer: str, tables: list[CapturedTable], start: str | None,
                node_id: str) -> Reader:
+        if source.capture not in ("trigger", "logical"):
+            raise TerminalError(f"PostgreSQL has no {source.capture} capture; use capture: trigger or capture: logical")
         if source.capture == "logical":
             from .logical_reader import PostgresLogicalReader
 
@@ -84,6 +87,8 @@ class PostgresConnector(Connector):
         return source.slot_name(consumer, conninfo_to_dict(self.url).get("dbname", "postgres"))
 
     def capture_problems(self, source: SourceConfig, consumer: str, tables: list[CapturedTable]) -> list[str]:
+        if source.capture not in ("trigger", "logical"):
+            return [f"PostgreSQL has no {source.capture} capture; use capture: trigger or capture: logical"]
         if source.capture != "logical":
             return []
         from .slots import logical_capture_problems

@@ -236,3 +236,14 @@ def test_schema_drift_stops_clearly_and_loses_nothing(enterprise_node):
     pg_exec(city, "ALTER TABLE exchange.qy_jbxx ADD COLUMN sjly text")
     run_once(config)
     assert [r[0] for r in target_rows(city)] == [1, 2]
+
+
+def test_binlog_capture_on_postgresql_is_refused_clearly(tmp_path, pg_databases):
+    county, city = pg_databases
+    pg_exec(county, SOURCE_DDL)
+    config = write_node(tmp_path / "node.yaml", {"county_biz": county, "city_biz": city}, [{
+        "name": "wrong", "source": {"database": "county_biz", "capture": "binlog", "tables": ["public.enterprise"]},
+        "target": {"database": "city_biz"}}])
+    result = cli("check", "--config", str(config), expect=None)
+    assert result.exit_code != 0
+    assert "PostgreSQL has no binlog capture" in result.output
