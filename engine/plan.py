@@ -17,7 +17,7 @@ from .errors import ConfigError, TerminalError, TransientError
 from .event import TableId
 from .mapping import CompiledMapping
 from .registry import connector_for
-from .schema import TableInfo
+from .schema import ColumnInfo, TableInfo
 from .seams import CapturedTable, Connector
 
 
@@ -45,6 +45,8 @@ def source_tables(config: Config, pipeline: PipelineConfig, source: Connector,
                   problems: list[str]) -> list[CapturedTable]:
     """Describe the pipeline's captured tables and settle each one's key columns."""
     captured = []
+    if pipeline.source.capture == "inbox":
+        return [inbox_table(config, pipeline, source, name) for name in pipeline.source.tables]
     for name in pipeline.source.tables:
         table = source.qualify(name)
         info = source.describe(table)
@@ -64,6 +66,16 @@ def source_tables(config: Config, pipeline: PipelineConfig, source: Connector,
                             f"columns with source_key in its mapping, or replicate it with mode: append")
         captured.append(CapturedTable(info, key))
     return captured
+
+
+def inbox_table(config: Config, pipeline: PipelineConfig, source: Connector, name: str) -> CapturedTable:
+    """An exchange table as a received batch carries it: its key from the route, its columns as they come."""
+    route = config.exchange.tables[name]
+    mapping = pipeline.mapping_for(name)
+    named = list(route.key) + ([c for c in list(mapping.columns) + list(mapping.drop) if c not in route.key]
+                               if mapping else [])
+    info = TableInfo(source.qualify(name), tuple(ColumnInfo(c, "") for c in named), tuple(route.key))
+    return CapturedTable(info, tuple(route.key))
 
 
 def build_plan(config: Config, pipeline: PipelineConfig, *, connect_target: bool = True) -> PipelinePlan:
@@ -99,7 +111,7 @@ def build_plan(config: Config, pipeline: PipelineConfig, *, connect_target: bool
         mapping = CompiledMapping(rules, table.info, table.key, target_id, pipeline.target.mode,
                                   apply_truncate=pipeline.target.truncate == "apply")
         mappings[table.info.id] = mapping
-        if not connect_target:
+        if not connect_target or pipeline.target.outbox:  # an outbox's tables are exchange tables, not its own
             continue
         info = target_tables.get(target_id) or target.describe(target_id)
         where = f"pipeline {pipeline.name}, mapping {name} → {target_id}"

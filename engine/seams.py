@@ -12,11 +12,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import SourceConfig
 from .event import ChangeEvent, TableId
 from .schema import TableInfo
+
+if TYPE_CHECKING:
+    from .exchange import ExchangeStore
 
 
 @dataclass(frozen=True)
@@ -250,6 +253,12 @@ class Connector(ABC):
 
     @abstractmethod
     def target_session(self) -> TargetSession: ...
+
+    def exchange_store(self) -> ExchangeStore:
+        """A connection to this database as a node's exchange database (inbox, outbox, trace)."""
+        from .errors import TerminalError
+
+        raise TerminalError(f"{self.scheme} databases cannot be a node's exchange database")
 
     @abstractmethod
     def table_scanner(self, table: CapturedTable) -> TableScanner: ...

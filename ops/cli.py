@@ -266,7 +266,7 @@ def run(config_path: str, pipeline_name: str | None, once: bool) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    failures = run_node(config, names, once=once, stop=stop)
+    failures = run_node(config, names, once=once, stop=stop, network=pipeline_name is None)
     if failures:
         for name, error in failures.items():
             click.secho(f"pipeline {name}: {error}", fg="red", err=True)

@@ -80,7 +80,7 @@ class PostgresConnector(Connector):
         return source.slot_name(consumer, conninfo_to_dict(self.url).get("dbname", "postgres"))
 
     def capture_problems(self, source: SourceConfig, consumer: str, tables: list[CapturedTable]) -> list[str]:
-        if source.capture != "logical":
+        if source.capture in ("trigger", "inbox"):
             return []
         from .slots import logical_capture_problems
 
@@ -127,6 +127,12 @@ class PostgresConnector(Connector):
 
     def target_session(self) -> TargetSession:
         return PostgresSession(self.url, self.state_schema)
+
+    def exchange_store(self):
+        from engine.exchange import ExchangeStore
+
+        return ExchangeStore(lambda: connect(self.url, autocommit=True, application="tiersync-exchange"),
+                             dialect.exchange_sql(self.state_schema), translate, (psycopg.Error,))
 
     def table_scanner(self, table: CapturedTable) -> TableScanner:
         return PostgresTableScanner(self.url, table)

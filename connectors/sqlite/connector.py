@@ -79,7 +79,7 @@ class SqliteConnector(Connector):
         return SqliteChangeLogReader(self.url, consumer, tables, start, node_id)
 
     def capture_problems(self, source: SourceConfig, consumer: str, tables: list[CapturedTable]) -> list[str]:
-        if source.capture != "trigger":
+        if source.capture not in ("trigger", "inbox"):
             return [f"SQLite has no {source.capture} capture; use capture: trigger"]
         return []
 
@@ -105,6 +105,12 @@ class SqliteConnector(Connector):
 
     def target_session(self) -> TargetSession:
         return SqliteSession(self.url)
+
+    def exchange_store(self):
+        from engine.exchange import ExchangeStore
+
+        return ExchangeStore(lambda: connect(self.url, must_exist=False), dialect.exchange_sql(), translate,
+                             (sqlite3.Error,))
 
     def table_scanner(self, table: CapturedTable) -> TableScanner:
         return SqliteTableScanner(self.url, table)
