@@ -413,3 +413,7 @@ def snapshot(config_path: str, pipeline_name: str, tables: tuple[str, ...], wher
         extra = f", {load.extras_deleted} extra target rows removed" if load.extras_deleted else ""
         dead = f", {load.dead_letters} dead letters" if load.dead_letters else ""
         click.echo(f"{load.table}: {load.rows} rows loaded{extra}{dead}")
+
+from ops.exchange_cli import trace  # noqa: E402
+
+main.add_command(trace)
