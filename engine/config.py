@@ -143,8 +143,13 @@ class LinkConfig(_Strict):
     """A link to another node: which way it points and the transport that carries batches over it."""
 
     role: Literal["parent", "child", "peer"]
-    transport: Literal["exchange-db", "http"]
+    transport: Literal["exchange-db", "http", "kafka"]
     region: str | None = Field(default=None, pattern=r"^\d{6}$", description="the child's region code")
+    brokers: list[str] = Field(default_factory=list, description="kafka: bootstrap servers, host:port")
+    format: Literal["json", "avro"] = Field(default="json", description="kafka: message values as Debezium JSON "
+                                                                       "or Avro in the Confluent wire format")
+    partitions: int = Field(default=1, ge=1, le=1000, description="kafka: partitions of topics tiersync creates")
+    compact: bool = Field(default=False, description="kafka: create topics with cleanup.policy=compact")
     inbox: str | None = Field(default=None, description="exchange-db: URL of the receiving node's exchange database")
     url: str | None = Field(default=None, description="http: the receiving node's endpoint, http(s)://host:port")
     key: SecretStr | None = Field(default=None, description="http: per-link HMAC key, the same at both ends")
@@ -328,6 +333,8 @@ def exchange_problems(config: Config, source: LoadedYaml) -> list[str]:
             problems.append(f"{where}: transport exchange-db needs inbox: <URL of {name}'s exchange database>")
         if link.transport == "http" and not (link.url or link.key):
             problems.append(f"{where}: transport http needs url: (to send) and key: (to sign and verify)")
+        if link.transport == "kafka" and not link.brokers:
+            problems.append(f"{where}: transport kafka needs brokers: [host:port, …]")
         if link.transport == "http" and link.url and not link.key:
             problems.append(f"{where}: transport http needs key: (the per-link HMAC key)")
     for table, route in exchange.tables.items():

@@ -177,6 +177,17 @@ class ExchangeStore:
             return False
         return self._transaction(work, "storing a received batch")
 
+    def receive_many(self, sender: str, batches: list[tuple[int, str, bytes, int]], node: str,
+                     checkpoint: tuple[str, str]) -> None:
+        """Persist received batches (seq, id, payload, events) with the receiving end's position, atomically."""
+        def work() -> None:
+            at = now_text()
+            for seq, batch_id, payload, events in batches:
+                if self._run(self.sql.inbox_insert, (sender, seq, batch_id, payload, events, at)).rowcount == 1:
+                    self._trace(TraceRow(batch_id, node, "received", at, f"from {sender}"))
+            self._run(self.sql.checkpoint_save, (*checkpoint, sum(b[3] for b in batches)))
+        self._transaction(work, "storing received batches")
+
     def senders(self) -> list[str]:
         return [r[0] for r in self._run(self.sql.inbox_senders).fetchall()]
 

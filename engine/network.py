@@ -16,7 +16,7 @@ import threading
 import time
 
 from .config import Config, PipelineConfig, SourceConfig, TargetConfig
-from .errors import TerminalError, TiersyncError, TransientError
+from .errors import TerminalError, TransientError
 from .exchange import ExchangeStore, InboxReader, OutboxSink
 from .plan import PipelinePlan
 from .registry import connector_for
@@ -135,31 +135,25 @@ class LinkSender:
             store.add_trace([r for r in transport.trace(recent) if r.node != self.node])
 
 
-def exchange_workers(config: Config, stop: threading.Event, once: bool) -> list[tuple[str, object]]:
-    """(thread name, callable) for every link sender, and the http receiver when the node listens."""
+def exchange_workers(config: Config, stop: threading.Event, once: bool) -> tuple[list, list]:
+    """(receivers, senders): (thread name, callable) for each link's receiving and sending end."""
     exchange = config.exchange
+    receivers: list[tuple[str, object]] = []
+    senders: list[tuple[str, object]] = []
     if exchange is None:
-        return []
-    workers: list[tuple[str, object]] = []
+        return receivers, senders
     for name, link in exchange.links.items():
+        if link.transport == "kafka":
+            from transports.kafka import KafkaReceiver
+
+            receiver = KafkaReceiver(config, name, stop)
+            receivers.append((f"kafka-in-{name}", lambda r=receiver: r.run(once=once)))
         if link.transport == "http" and not link.url:
             continue  # receive-only link
         sender = LinkSender(config, name, stop)
-        workers.append((f"link-{name}", lambda s=sender: s.run(once=once)))
+        senders.append((f"link-{name}", lambda s=sender: s.run(once=once)))
     if exchange.listen and not once:
         from transports.http import serve
 
-        workers.append(("http-inbox", lambda: serve(config, stop)))
-    return workers
-
-
-def run_exchange_once(config: Config) -> dict[str, str]:
-    """Send everything queued over every link (used by --once runs and tests)."""
-    failures: dict[str, str] = {}
-    stop = threading.Event()
-    for name, work in exchange_workers(config, stop, once=True):
-        try:
-            work()
-        except TiersyncError as exc:
-            failures[name] = str(exc)
-    return failures
+        receivers.append(("http-inbox", lambda: serve(config, stop)))
+    return receivers, senders

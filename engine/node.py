@@ -23,7 +23,8 @@ def run_node(config: Config, names: list[str], *, once: bool, stop: threading.Ev
     links (after the pipelines, with ``once``).
     """
     failures: dict[str, str] = {}
-    links: list = []
+    receivers: list = []
+    senders: list = []
     if network and config.exchange is not None:
         from .network import FORWARD, exchange_workers, prepare, with_relay
 
@@ -31,7 +32,7 @@ def run_node(config: Config, names: list[str], *, once: bool, stop: threading.Ev
         config = with_relay(config)
         if any(p.name == FORWARD for p in config.pipelines) and FORWARD not in names:
             names = [*names, FORWARD]
-        links = exchange_workers(config, stop, once)
+        receivers, senders = exchange_workers(config, stop, once)
     runners = [PipelineRunner(config, name, stop) for name in names]
 
     def drive(runner: PipelineRunner) -> None:
@@ -54,20 +55,22 @@ def run_node(config: Config, names: list[str], *, once: bool, stop: threading.Ev
             failures[name] = f"{type(exc).__name__}: {exc}"
             log.exception("%s stopped by an unexpected error", name)
 
-    threads = [threading.Thread(target=drive, args=(r,), name=r.pipeline.name, daemon=True) for r in runners]
-    extra = [threading.Thread(target=work, args=(n, a), name=n, daemon=True) for n, a in links]
-    if not once:
-        threads += extra
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        while thread.is_alive():
-            thread.join(0.2)
-    if once:  # what the pipelines queued goes out now
-        for thread in extra:
+    def in_threads(threads: list[threading.Thread]) -> None:
+        for thread in threads:
             thread.start()
+        for thread in threads:
             while thread.is_alive():
                 thread.join(0.2)
+
+    def workers(pairs: list) -> list[threading.Thread]:
+        return [threading.Thread(target=work, args=(n, a), name=n, daemon=True) for n, a in pairs]
+
+    pipelines = [threading.Thread(target=drive, args=(r,), name=r.pipeline.name, daemon=True) for r in runners]
+    if once:  # take in what arrived, apply and relay it, then send what was queued
+        for stage in (workers(receivers), pipelines, workers(senders)):
+            in_threads(stage)
+    else:
+        in_threads(workers(receivers) + pipelines + workers(senders))
     return failures
 
 

@@ -20,6 +20,7 @@ from .exchange import OutgoingBatch, TraceRow
 _TRANSPORTS = {
     "exchange-db": ("transports.exchange_db", "ExchangeDbTransport"),
     "http": ("transports.http", "HttpTransport"),
+    "kafka": ("transports.kafka", "KafkaTransport"),
 }
 
 

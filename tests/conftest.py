@@ -63,3 +63,13 @@ def maria_databases(maria_server):
     n = next(_counter)
     return (maria_server.create_database(f"county_{os.getpid()}_{n}"),
             maria_server.create_database(f"city_{os.getpid()}_{n}"))
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory):
+    """A Kafka-compatible broker (tansu, memory storage) on a free port."""
+    from tests.harness.kafka import KafkaBroker
+
+    broker = KafkaBroker(log=tmp_path_factory.mktemp("kafka") / "broker.log").start()
+    yield broker
+    broker.stop()
