@@ -1,14 +1,17 @@
-"""Transport batches: change events as one compressed Avro array, the same bytes on every transport."""
+"""Transport batches: change events as compressed JSON lines, the same bytes on every transport.
+
+Each line is the event's Debezium-compatible JSON envelope (engine.debezium),
+which keeps every value's kind, so a batch read back equals the batch written.
+"""
 
 from __future__ import annotations
 
-import io
 import zlib
 
-from .avro import envelope_schema, from_record, to_record
+from .debezium import from_json, to_json
 from .event import ChangeEvent
 
-MAGIC = b"TSB1"  # tiersync batch, version 1: zlib(4-byte count + that many Avro tiersync.Envelope records)
+MAGIC = b"TSB2"  # tiersync batch, version 2: zlib(4-byte count + newline-separated JSON envelopes)
 
 
 class CorruptBatch(ValueError):
@@ -16,28 +19,32 @@ class CorruptBatch(ValueError):
 
 
 def encode_batch(events: list[ChangeEvent]) -> bytes:
-    import fastavro
-
-    schema = envelope_schema()
-    buffer = io.BytesIO()
-    buffer.write(len(events).to_bytes(4, "big"))
-    for event in events:  # Avro records are self-delimiting: one after the other, the count first
-        fastavro.schemaless_writer(buffer, schema, to_record(event))
-    return MAGIC + zlib.compress(buffer.getvalue(), 3)
+    return batch_of_lines([to_json(e) for e in events])
 
 
-def decode_batch(data: bytes) -> list[ChangeEvent]:
-    import fastavro
+def batch_of_lines(lines: list[bytes]) -> bytes:
+    """A batch from envelopes already in JSON (as Kafka JSON messages carry them)."""
+    return MAGIC + zlib.compress(len(lines).to_bytes(4, "big") + b"\n".join(lines), 1)
 
+
+def batch_lines(data: bytes) -> list[bytes]:
+    """The JSON envelopes of a batch, undecoded."""
     if not data.startswith(MAGIC):
         raise CorruptBatch("not a tiersync batch (bad magic bytes)")
     try:
-        body = io.BytesIO(zlib.decompress(data[len(MAGIC):]))
-        count = int.from_bytes(body.read(4), "big")
-        schema = envelope_schema()
-        records = [fastavro.schemaless_reader(body, schema, schema, return_record_name=True) for _ in range(count)]
-        if body.read(1):
-            raise ValueError("trailing bytes after the last event")
-    except Exception as exc:  # noqa: BLE001 - zlib and fastavro raise many kinds for damaged input
+        body = zlib.decompress(data[len(MAGIC):])
+    except zlib.error as exc:
+        raise CorruptBatch(f"damaged batch: {exc}") from None
+    count = int.from_bytes(body[:4], "big")
+    lines = body[4:].split(b"\n") if count else []
+    if len(lines) != count:
+        raise CorruptBatch(f"damaged batch: {len(lines)} events where the header says {count}")
+    return lines
+
+
+def decode_batch(data: bytes) -> list[ChangeEvent]:
+    lines = batch_lines(data)
+    try:
+        return [from_json(line) for line in lines]
+    except Exception as exc:  # noqa: BLE001 - json and the value decoders raise many kinds for damaged input
         raise CorruptBatch(f"damaged batch: {type(exc).__name__}: {exc}") from None
-    return [from_record(r) for r in records]

@@ -141,8 +141,11 @@ def to_json(event: ChangeEvent) -> bytes:
     return dumps_exact(doc).encode()
 
 
+ENVELOPE_DECODER = json.JSONDecoder(parse_float=Decimal)  # built once: json.loads(…, parse_float=…) builds one per call
+
+
 def from_json(data: bytes) -> ChangeEvent:
-    doc = json.loads(data, parse_float=Decimal)
+    doc = ENVELOPE_DECODER.decode(data.decode())
     kinds = doc.get("tiersync_types") or {}
 
     def image(name: str) -> dict | None:
@@ -246,10 +249,16 @@ class AvroTopicWriter:
         if new or self.sid is None:
             self.columns += list(dict.fromkeys(new))
             self.sid = self.registry.register(table_schema(self.topic, self.columns))
+            self._names = [(c, escape_name(c)) for c in self.columns]
+            self._record = ".".join(escape_name(part) for part in self.topic.split(".")) + ".Value"
+        names = self._names
 
+        # unions are given as (branch name, value): fastavro then need not try each branch
         def image(row):
-            return None if row is None else {escape_name(c): (_encode_value(row[c]) if c in row else None)
-                                             for c in self.columns}
+            if row is None:
+                return None
+            return (self._record, {e: (("tiersync.Value", _encode_value(row[c])) if c in row else None)
+                                   for c, e in names})
         record = {
             "before": image(event.before), "after": image(event.after),
             "source": {**_source(event, 0), "version": "tiersync", "sequence": None,

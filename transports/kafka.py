@@ -19,9 +19,9 @@ import threading
 import time
 from typing import Any
 
-from engine.batchcodec import decode_batch, encode_batch
+from engine.batchcodec import batch_lines, batch_of_lines, decode_batch
 from engine.config import Config
-from engine.debezium import AvroTopicWriter, SchemaRegistry, from_avro, from_json, to_json
+from engine.debezium import ENVELOPE_DECODER, AvroTopicWriter, SchemaRegistry, from_avro, to_json
 from engine.errors import TerminalError, TransientError
 from engine.exchange import OutgoingBatch, TraceRow
 from engine.jsontext import dumps_exact
@@ -118,19 +118,26 @@ class KafkaTransport(Transport):
     def send(self, batch: OutgoingBatch) -> bool:
         kafka = _kafka()
         producer = self._connect()
-        events = decode_batch(batch.payload)
+        if self.link.format == "avro":
+            messages = [(e.table.name, e.key, self.encode(e)) for e in decode_batch(batch.payload)]
+        else:  # the batch's lines are already the JSON envelopes: only table and key are read from them
+            messages = []
+            for line in batch_lines(batch.payload):
+                doc = ENVELOPE_DECODER.decode(line.decode())
+                key = doc["key"] or {}
+                messages.append((doc["source"]["table"], [key[str(i)] for i in range(len(key))], line))
         common = [("tiersync-batch", batch.batch_id.encode()), ("tiersync-seq", str(batch.seq).encode()),
-                  ("tiersync-count", str(len(events)).encode())]
+                  ("tiersync-count", str(len(messages)).encode())]
         try:
             if self.link.format == "avro":
                 self._ensure_topic(SCHEMA_TOPIC)
             futures = []
-            for index, event in enumerate(events):
-                topic = self.topic(event.table.name)
+            for index, (table, key_values, value) in enumerate(messages):
+                topic = self.topic(table)
                 self._ensure_topic(topic)
-                columns = self._keys.get(event.table.name) or [str(i) for i in range(len(event.key))]
-                key = dumps_exact(dict(zip(columns, event.key))).encode()
-                futures.append(producer.send(topic, key=key, value=self.encode(event),
+                columns = self._keys.get(table) or [str(i) for i in range(len(key_values))]
+                key = dumps_exact(dict(zip(columns, key_values))).encode()
+                futures.append(producer.send(topic, key=key, value=value,
                                              headers=[*common, ("tiersync-index", str(index).encode())]))
             producer.flush(self.link.timeout)
             for future in futures:
@@ -231,8 +238,8 @@ class KafkaReceiver:
             rows = []
             for seq in complete:
                 part = pending.pop(seq)
-                events = [part["events"][i] for i in range(part["count"])]
-                rows.append((seq, part["id"], encode_batch(events), len(events)))
+                lines = [part["events"][i] for i in range(part["count"])]
+                rows.append((seq, part["id"], batch_of_lines(lines), len(lines)))
                 written.add(seq)
             while done + 1 in written:
                 done += 1
@@ -277,11 +284,11 @@ class KafkaReceiver:
         if seq <= done or seq in written:
             return  # a batch already stored: produced again after a sender crash
         value = record.value
-        try:
-            event = from_avro(value, registry) if value[:1] == b"\x00" else from_json(value)
+        try:  # the inbox holds JSON envelopes: a JSON message is stored as it came (the inbox reader checks it)
+            line = to_json(from_avro(value, registry)) if value[:1] == b"\x00" else value
         except (ValueError, KeyError, TypeError) as exc:
             raise TerminalError(f"kafka link {self.link_name}: {tp.topic}[{tp.partition}] offset {record.offset} "
                                 f"cannot be read: {exc}") from None
         part = pending.setdefault(seq, {"id": batch_id, "count": count, "events": {}, "spots": []})
-        part["events"][index] = event
+        part["events"][index] = line
         part["spots"].append((tp, record.offset))
