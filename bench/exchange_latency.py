@@ -61,22 +61,16 @@ def chain(server: PostgresServer, work: Path, tiers: list[tuple[str, str]], tran
     for i, (node, tier) in enumerate(tiers):
         links = {}
         if i + 1 < len(tiers):  # the parent
-            links[tiers[i + 1][0]] = {"role": "parent", "transport": transports[i], "inbox": xdb[i + 1],
-                                      "url": f"http://127.0.0.1:{ports[i + 1]}", "key": "bench-key"}
-        if i > 0:  # the child
-            links[tiers[i - 1][0]] = {"role": "child", "region": f"11010{i}", "transport": transports[i - 1],
-                                      "inbox": xdb[i - 1], "key": "bench-key"}
-        for link in links.values():
-            if link["transport"] == "http":
-                link.pop("inbox")
-            else:
-                link.pop("url")
-                link.pop("key")
-            if link["role"] == "child" and link["transport"] == "http":
-                link.pop("url", None)
+            parent = {"role": "parent", "transport": transports[i]}
+            parent.update({"url": f"http://127.0.0.1:{ports[i + 1]}", "key": "bench-key"}
+                          if transports[i] == "http" else {"inbox": xdb[i + 1]})
+            links[tiers[i + 1][0]] = parent
+        if i > 0:  # the child (nothing is routed down: an http child link only receives)
+            child = {"role": "child", "region": f"11010{i - 1}", "transport": transports[i - 1]}
+            child.update({"key": "bench-key"} if transports[i - 1] == "http" else {"inbox": xdb[i - 1]})
+            links[tiers[i - 1][0]] = child
         exchange = {"database": "x", "poll_interval": 0.02, "tables": ROUTE, "links": links}
-        if any(link["transport"] == "http" for link in links.values()) and i > 0 and \
-                transports[i - 1] == "http":
+        if i > 0 and transports[i - 1] == "http":
             exchange["listen"] = f"127.0.0.1:{ports[i]}"
         pipelines = [inbox_in("x", "biz", "ev", "ev", name=f"ev-in-{i}", poll_interval=0.02)] if i > 0 else [
             {"name": "ev-out", "source": {"database": "biz", "tables": ["ev"]}, "target": {"database": "x",
@@ -116,7 +110,6 @@ def latency(server: PostgresServer, work: Path, tiers, transports, seconds: floa
     engines = [spawn_engine(f, log=work / f"{f.stem}.log") for f in files]
     try:
         time.sleep(3)  # every node up and idle
-        source = pg_rows(str(server.url()), "SELECT 1") and None
         source = _biz(files[0])
         sink = _biz(files[-1])
         sent = load(source, seconds, rate)
@@ -221,6 +214,7 @@ def kafka_throughput(work: Path, events: int, fmt: str) -> None:
         producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=5,
                                  batch_size=512 * 1024, max_request_size=8 * 1024 * 1024)
         topic = "baseline.raw.qy_jbxx"
+        producer.send(topic, key=b"warm-up", value=b"{}").get(30)  # topic created and metadata known, untimed
         started = time.monotonic()
         futures = [producer.send(topic, key=k, value=v, headers=h) for k, v, h in messages]
         producer.flush()
@@ -233,7 +227,7 @@ def kafka_throughput(work: Path, events: int, fmt: str) -> None:
         tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
-        got = 0
+        got = -1  # the warm-up message
         started = time.monotonic()
         while got < len(messages):
             for records in consumer.poll(200, max_records=20000).values():

@@ -1,4 +1,4 @@
-"""Two counties → city → province → national and back down, over exchange-db and http, SQLite and PostgreSQL.
+"""Two counties → city → province → national and back down, over kafka, http and exchange-db, SQLite and PostgreSQL.
 
 Each node has its own business database and mapping. Enterprise records go up
 and are applied at every tier; enforcement results created at national come
@@ -63,7 +63,7 @@ def wait_for(check, timeout=120.0):
 
 
 @pytest.fixture
-def network(tmp_path, pg_server):
+def network(tmp_path, pg_server, kafka_broker):
     tag = f"{os.getpid()}_{random.randrange(10**6)}"
     pg = {n: pg_server.create_database(f"{n}_{tag}") for n in ("bx", "cbiz", "cx", "nbiz", "nx")}
     ports = {n: free_port() for n in ("county-b", "city", "province")}
@@ -74,12 +74,14 @@ def network(tmp_path, pg_server):
     ENT = "CREATE TABLE enterprise (id INTEGER PRIMARY KEY, name TEXT NOT NULL, region TEXT NOT NULL)"
     FB = "CREATE TABLE feedback (id INTEGER PRIMARY KEY, region TEXT, result TEXT)"
     a_x, prov_x = f"sqlite:///{tmp_path}/a-x.db", f"sqlite:///{tmp_path}/prov-x.db"
+    ids = {k: f"{v}-{tag[-6:]}" if k in ("a", "city") else v for k, v in ids.items()}  # fresh kafka topics
     nodes = {}
     nodes["a"] = node_file(
         tmp_path / "a.yaml", {"id": ids["a"], "tier": "county", "region": "110101", "parent": ids["city"]},
         {"biz": sqlite_db(tmp_path / "a.db", ENT, FB), "x": a_x},
         {"database": "x", "poll_interval": 0.1, "tables": TABLES,
-         "links": {ids["city"]: {"role": "parent", "transport": "exchange-db", "inbox": pg["cx"]}}},
+         "links": {ids["city"]: {"role": "parent", "transport": "kafka", "brokers": [kafka_broker.bootstrap],
+                                 "format": "avro"}}},
         [capture_out("biz", "x", "enterprise", "qy_jbxx", COUNTY_COLUMNS),
          inbox_in("x", "biz", "zf_jg", "feedback", {"xzqh": "region", "jg": "result"})])
     nodes["b"] = node_file(
@@ -96,7 +98,8 @@ def network(tmp_path, pg_server):
         {"biz": pg["cbiz"], "x": pg["cx"]},
         {"database": "x", "poll_interval": 0.1, "tables": TABLES, "listen": f"127.0.0.1:{ports['city']}",
          "links": {ids["prov"]: {"role": "parent", "transport": "http", "url": url["province"], "key": k_p},
-                   ids["a"]: {"role": "child", "region": "110101", "transport": "exchange-db", "inbox": a_x},
+                   ids["a"]: {"role": "child", "region": "110101", "transport": "kafka", "format": "avro",
+                              "brokers": [kafka_broker.bootstrap]},
                    ids["b"]: {"role": "child", "region": "110102", "transport": "http", "url": url["county-b"],
                               "key": k_b}}},
         [capture_out("biz", "x", "qy_jbxx", "qy_jbxx", {}, name="city-own"),
@@ -165,8 +168,8 @@ def test_four_tiers_up_down_and_no_loops(network):
                 "DELETE FROM feedback WHERE id = 2")
         wait_for(converged)
 
-        def acknowledged_end_to_end():  # county A sees its first batch applied at national
-            out = cli("trace", "--config", str(nodes["a"]), "--batch", f"{ids['a']}:{ids['city']}:1").output
+        def acknowledged_end_to_end():  # county B (http) sees its first batch applied at national
+            out = cli("trace", "--config", str(nodes["b"]), "--batch", f"{ids['b']}:{ids['city']}:1").output
             assert f"{ids['nat']:<20} applied" in out, out
         wait_for(acknowledged_end_to_end, 60)
     finally:
