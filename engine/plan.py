@@ -81,6 +81,10 @@ def inbox_table(config: Config, pipeline: PipelineConfig, source: Connector, nam
 def build_plan(config: Config, pipeline: PipelineConfig, *, connect_target: bool = True) -> PipelinePlan:
     """Resolve ``pipeline`` against its databases; raise ConfigError listing every problem."""
     problems: list[str] = []
+    if pipeline.source.capture == "inbox" or pipeline.target.outbox:
+        from .network import prepare
+
+        prepare(config)  # the exchange database is tiersync's own: its tables (and a SQLite file) are made here
     source_db = config.databases[pipeline.source.database]
     target_db = config.databases[pipeline.target.database]
     source = connector_for(source_db.url, source_db.state_schema)

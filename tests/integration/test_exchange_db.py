@@ -56,6 +56,7 @@ def two_nodes(tmp_path):
 
 def test_up_and_down_without_echo_and_repeats_are_harmless(tmp_path):
     county, city = two_nodes(tmp_path)
+    assert "2 pipeline(s) match their databases" in cli("check", "--config", str(county)).output
     with sqlite3.connect(tmp_path / "county.db") as conn:
         conn.executemany("INSERT INTO enterprise VALUES (?, ?, ?)", [(i, f"县企业{i}", "110101") for i in range(1, 51)])
         conn.execute("UPDATE enterprise SET name = name || '改' WHERE id <= 10")
