@@ -417,3 +417,6 @@ def snapshot(config_path: str, pipeline_name: str, tables: tuple[str, ...], wher
 from ops.exchange_cli import trace  # noqa: E402
 
 main.add_command(trace)
+from ops.exchange_demo import demo_network  # noqa: E402
+
+main.add_command(demo_network)

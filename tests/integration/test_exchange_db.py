@@ -86,3 +86,13 @@ def test_up_and_down_without_echo_and_repeats_are_harmless(tmp_path):
     trace = q(tmp_path / "county-x.db", "SELECT status FROM tiersync_trace WHERE batch_id = ?",
               ("county-110101:city-110100:1",))
     assert sorted(s for (s,) in trace) == ["applied", "queued", "received", "sent"]
+
+
+def test_network_demo_runs_four_tiers_on_sqlite(tmp_path):
+    output = cli("--log-level", "WARNING", "demo-network", "--dir", str(tmp_path)).output
+    national = output.split("3. national's enterprise table")[1].split("4. ")[0]
+    assert "北京东城安全化工有限公司" in national and "西城冶金机械公司" in national
+    dongcheng = output.split("4. dongcheng's")[1].split("4. xicheng's")[0]
+    assert "东城：整改完成" in dongcheng and "西城" not in dongcheng
+    assert "national-100000    applied" in output  # the county sees its batch applied three hops away
+    assert q(tmp_path / "xicheng.db", "SELECT id, region FROM enforcement") == [(2, "110102")]
