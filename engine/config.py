@@ -359,6 +359,9 @@ def exchange_problems(config: Config, source: LoadedYaml) -> list[str]:
                     problems.append(f"{source.where(base + ('source', 'tables'))}: {table!r} is not an exchange "
                                     f"table{_suggest(table, list(exchange.tables))}")
         if pipeline.target.outbox:
+            if pipeline.source.split_transactions:
+                problems.append(f"{source.where(base + ('source', 'split_transactions'))}: an outbox target "
+                                f"queues whole source transactions; split_transactions is not supported")
             if pipeline.target.database != exchange.database:
                 problems.append(f"{source.where(base + ('target', 'database'))}: an outbox target is the exchange "
                                 f"database {exchange.database!r}")
