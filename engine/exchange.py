@@ -60,7 +60,7 @@ class ExchangeSql:
     consumer_positions: str  # sender → consumer, last_seq
     inbox_purge: str  # sender, seq
     trace_insert: str  # batch_id, node, status, at, detail (ignored when present)
-    trace_for: str  # batch_id → batch_id, node, status, at, detail
+    trace_for: str  # JSON array of batch ids → batch_id, node, status, at, detail
     key_insert: str  # batch_id, tbl, key_text
     key_batches: str  # tbl, key_text → batch_id
     checkpoint_save: str  # pipeline, position, changes
@@ -103,6 +103,13 @@ class ExchangeStore:
         except self._errors as exc:
             raise self._translate(exc, what) from None
 
+    def _run_many(self, sql: str, rows: list[tuple], what: str = "using the exchange database") -> None:
+        if rows:
+            try:
+                self.conn.cursor().executemany(sql, rows)
+            except self._errors as exc:
+                raise self._translate(exc, what) from None
+
     def _transaction(self, work: Callable[[], Any], what: str):
         self._run(self.sql.begin, what=what)
         try:
@@ -141,9 +148,8 @@ class ExchangeStore:
                 self._trace(TraceRow(batch_id, node, "queued", at, f"{len(events)} changes for {link}"))
                 for upstream in sorted({e.meta["batch"] for e in events if e.meta.get("batch")}):
                     self._trace(TraceRow(upstream, node, "forwarded", at, batch_id))
-                keys = {(str(e.table.name), dumps_exact(list(e.key))) for e in events}
-                for table, key in keys:
-                    self._run(self.sql.key_insert, (batch_id, table, key))
+                keys = {(batch_id, str(e.table.name), dumps_exact(list(e.key))) for e in events}
+                self._run_many(self.sql.key_insert, sorted(keys))
                 ids.append(batch_id)
             self._run(self.sql.checkpoint_save, (pipeline, position, changes))
             return ids
@@ -212,22 +218,19 @@ class ExchangeStore:
 
     def add_trace(self, rows: list[TraceRow]) -> None:
         if rows:
-            self._transaction(lambda: [self._trace(r) for r in rows], "recording the trace")
+            self._transaction(lambda: self._run_many(self.sql.trace_insert, [
+                (r.batch_id, r.node, r.status, r.at, r.detail) for r in rows]), "recording the trace")
 
     def trace(self, batch_ids: list[str]) -> list[TraceRow]:
         """Every hop of these batches and of the batches they were forwarded as, in time order."""
         seen: set[str] = set()
-        todo = list(batch_ids)
+        level = set(batch_ids)
         rows: list[TraceRow] = []
-        while todo:
-            batch_id = todo.pop()
-            if batch_id in seen:
-                continue
-            seen.add(batch_id)
-            for row in self._run(self.sql.trace_for, (batch_id,)).fetchall():
-                rows.append(TraceRow(*row))
-                if row[2] == "forwarded":
-                    todo.append(row[4])
+        while level:  # one query per hop of forwarding
+            seen |= level
+            found = [TraceRow(*row) for row in self._run(self.sql.trace_for, (json.dumps(sorted(level)),)).fetchall()]
+            rows += found
+            level = {r.detail for r in found if r.status == "forwarded"} - seen
         return sorted(rows, key=lambda r: (r.at, r.batch_id))
 
     def batches_with_key(self, table: str, key: list) -> list[str]:

@@ -25,6 +25,7 @@ from .routing import Router
 log = logging.getLogger(__name__)
 
 FORWARD = "forward"
+TRACE_PULL_SECONDS = 3.0  # how often a link sender fetches the receiver's trace of what it sent
 
 
 def exchange_store(config: Config) -> ExchangeStore:
@@ -97,7 +98,7 @@ class LinkSender:
                     store = exchange_store(self.config)
                     transport = transport_for(self.config, self.link_name)
                 moved = self.step(store, transport)
-                if time.monotonic() - last_trace > max(self.poll * 4, 1.0) or (once and not moved):
+                if time.monotonic() - last_trace > TRACE_PULL_SECONDS or (once and not moved):
                     self.pull_trace(store, transport)
                     last_trace = time.monotonic()
                 failures = 0
@@ -130,7 +131,7 @@ class LinkSender:
         return len(batches)
 
     def pull_trace(self, store: ExchangeStore, transport) -> None:
-        recent = store.recent(self.link_name, 200)
+        recent = store.recent(self.link_name, 100)
         if recent:
             store.add_trace([r for r in transport.trace(recent) if r.node != self.node])
 

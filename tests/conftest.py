@@ -16,7 +16,7 @@ _counter = itertools.count()
 def pg_server():
     from tests.harness.postgres import PostgresServer
 
-    server = PostgresServer().init().start()
+    server = PostgresServer({"max_replication_slots": "64"}).init().start()  # one origin per pipeline and node
     yield server
     server.destroy()
 

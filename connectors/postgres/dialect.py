@@ -568,7 +568,8 @@ def exchange_sql(schema: str):
         inbox_purge=f"DELETE FROM {s}.tiersync_inbox WHERE sender = %s AND seq <= %s",
         trace_insert=(f"INSERT INTO {s}.tiersync_trace (batch_id, node, status, at, detail) "
                       f"VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"),
-        trace_for=f"SELECT batch_id, node, status, at, detail FROM {s}.tiersync_trace WHERE batch_id = %s",
+        trace_for=(f"SELECT batch_id, node, status, at, detail FROM {s}.tiersync_trace "
+                   f"WHERE batch_id IN (SELECT jsonb_array_elements_text(%s::jsonb))"),
         key_insert=(f"INSERT INTO {s}.tiersync_trace_key (batch_id, tbl, key_text) VALUES (%s, %s, %s) "
                     f"ON CONFLICT DO NOTHING"),
         key_batches=f"SELECT batch_id FROM {s}.tiersync_trace_key WHERE tbl = %s AND key_text = %s",

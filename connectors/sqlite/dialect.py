@@ -390,7 +390,8 @@ def exchange_sql():
         inbox_purge="DELETE FROM tiersync_inbox WHERE sender = ? AND seq <= ?",
         trace_insert=("INSERT INTO tiersync_trace (batch_id, node, status, at, detail) VALUES (?, ?, ?, ?, ?) "
                       "ON CONFLICT DO NOTHING"),
-        trace_for="SELECT batch_id, node, status, at, detail FROM tiersync_trace WHERE batch_id = ?",
+        trace_for=("SELECT batch_id, node, status, at, detail FROM tiersync_trace "
+                   "WHERE batch_id IN (SELECT value FROM json_each(?))"),
         key_insert="INSERT INTO tiersync_trace_key (batch_id, tbl, key_text) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
         key_batches="SELECT batch_id FROM tiersync_trace_key WHERE tbl = ? AND key_text = ?",
         checkpoint_save=SAVE_CHECKPOINT_SQL,
