@@ -159,13 +159,16 @@ class ExchangeStore:
         rows = self._run(self.sql.outbox_pending, (link, limit)).fetchall()
         return [OutgoingBatch(link, seq, batch_id, bytes(payload), events) for seq, batch_id, payload, events in rows]
 
-    def delivered(self, batch: OutgoingBatch, node: str, how: str) -> None:
+    def delivered(self, batches: list[OutgoingBatch], node: str, how: list[str]) -> None:
         def work() -> None:
             at = now_text()
-            self._run(self.sql.outbox_ack, (at, batch.link, batch.seq))
-            self._trace(TraceRow(batch.batch_id, node, "sent", at, how))
-            self._run(self.sql.outbox_purge, (batch.link, batch.seq - 10_000))  # recent ones stay for the trace
-        self._transaction(work, "recording a delivery")
+            for batch, said in zip(batches, how):
+                self._run(self.sql.outbox_ack, (at, batch.link, batch.seq))
+                self._trace(TraceRow(batch.batch_id, node, "sent", at, said))
+            last = batches[-1]
+            self._run(self.sql.outbox_purge, (last.link, last.seq - 10_000))  # recent ones stay for the trace
+        if batches:
+            self._transaction(work, "recording deliveries")
 
     def recent(self, link: str, limit: int) -> list[str]:
         return [r[0] for r in self._run(self.sql.outbox_recent, (link, limit)).fetchall()]
@@ -174,14 +177,20 @@ class ExchangeStore:
 
     def receive(self, sender: str, seq: int, batch_id: str, payload: bytes, events: int, node: str) -> bool:
         """Persist a received batch; False when it was already here (a repeated delivery)."""
-        def work() -> bool:
+        return self.receive_all(sender, [(seq, batch_id, payload, events)], node)[0]
+
+    def receive_all(self, sender: str, batches: list[tuple[int, str, bytes, int]], node: str) -> list[bool]:
+        """Persist received batches (seq, id, payload, events) in one transaction; which of them were new."""
+        def work() -> list[bool]:
             at = now_text()
-            cur = self._run(self.sql.inbox_insert, (sender, seq, batch_id, payload, events, at))
-            if cur.rowcount == 1:
-                self._trace(TraceRow(batch_id, node, "received", at, f"from {sender}"))
-                return True
-            return False
-        return self._transaction(work, "storing a received batch")
+            fresh = []
+            for seq, batch_id, payload, events in batches:
+                cur = self._run(self.sql.inbox_insert, (sender, seq, batch_id, payload, events, at))
+                fresh.append(cur.rowcount == 1)
+                if fresh[-1]:
+                    self._trace(TraceRow(batch_id, node, "received", at, f"from {sender}"))
+            return fresh
+        return self._transaction(work, "storing received batches")
 
     def receive_many(self, sender: str, batches: list[tuple[int, str, bytes, int]], node: str,
                      checkpoint: tuple[str, str]) -> None:

@@ -124,10 +124,11 @@ class LinkSender:
 
     def step(self, store: ExchangeStore, transport) -> int:
         batches = store.pending(self.link_name, 20)
-        for batch in batches:
-            fresh = transport.send(batch)
-            store.delivered(batch, self.node, transport.describe() + ("" if fresh else " (already there)"))
-            self.sent += 1
+        if batches:
+            fresh = transport.send_all(batches)
+            store.delivered(batches, self.node, [transport.describe() + ("" if f else " (already there)")
+                                                 for f in fresh])
+            self.sent += len(batches)
         return len(batches)
 
     def pull_trace(self, store: ExchangeStore, transport) -> None:

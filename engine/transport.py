@@ -34,6 +34,10 @@ class Transport(ABC):
     def send(self, batch: OutgoingBatch) -> bool:
         """Deliver ``batch``; True when the receiver stored it now, False when it already had it."""
 
+    def send_all(self, batches: list[OutgoingBatch]) -> list[bool]:
+        """Deliver consecutive batches of the link, oldest first (one round trip where the transport can)."""
+        return [self.send(batch) for batch in batches]
+
     @abstractmethod
     def trace(self, batch_ids: list[str]) -> list[TraceRow]:
         """The receiver's trace of ``batch_ids`` and of what they became further on."""

@@ -35,6 +35,14 @@ class ExchangeDbTransport(Transport):
             self.close()  # reconnect on the next try
             raise
 
+    def send_all(self, batches: list[OutgoingBatch]) -> list[bool]:
+        try:  # all in one transaction of the receiver's exchange database
+            return self.store.receive_all(self.node, [(b.seq, b.batch_id, b.payload, b.events) for b in batches],
+                                          self.link_name)
+        except BaseException:
+            self.close()
+            raise
+
     def trace(self, batch_ids: list[str]) -> list[TraceRow]:
         try:
             return self.store.trace(batch_ids)

@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import json
 import logging
 import ssl
 import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from engine.batchcodec import CorruptBatch, decode_batch
+from engine.batchcodec import CorruptBatch, batch_lines
 from engine.config import Config
 from engine.errors import TerminalError, TiersyncError, TransientError
 from engine.exchange import OutgoingBatch, TraceRow
@@ -44,24 +44,41 @@ def signature(key: str, method: str, path: str, fields: list[str], body: bytes) 
 class HttpTransport(Transport):
     """The sending end: one signed POST per batch, retried by the link sender until the receiver stored it."""
 
+    _conn: http.client.HTTPConnection | None = None
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:  # kept open between requests (HTTP/1.1 keep-alive)
+            parts = urlsplit(self.link.url)
+            kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+            self._conn = kind(parts.hostname, parts.port, timeout=self.link.timeout)
+        return self._conn
+
     def _request(self, method: str, path: str, fields: dict[str, str], body: bytes = b"") -> dict:
         fields = {**fields, "X-Tiersync-Node": self.node, "X-Tiersync-Time": f"{time.time():.3f}"}
         ordered = [fields.get(h, "") for h in HEADERS]
-        url = self.link.url.rstrip("/") + path
-        sig = signature(self.link.key.get_secret_value(), method, urlsplit(url).path, ordered, body)
-        request = urllib.request.Request(url, data=body if method == "POST" else None, method=method,
-                                         headers={**fields, "X-Tiersync-Signature": sig,
-                                                  "Content-Type": "application/octet-stream"})
+        target = urlsplit(self.link.url).path.rstrip("/") + path
+        sig = signature(self.link.key.get_secret_value(), method, urlsplit(target).path, ordered, body)
+        headers = {**fields, "X-Tiersync-Signature": sig, "Content-Type": "application/octet-stream"}
         try:
-            with urllib.request.urlopen(request, timeout=self.link.timeout) as response:
-                return json.loads(response.read() or b"{}")
-        except urllib.error.HTTPError as exc:
-            reason = exc.read().decode("utf-8", "replace")[:500]
-            if exc.code >= 500 or exc.code == 429:
-                raise TransientError(f"{self.link.url}: HTTP {exc.code}: {reason}") from None
-            raise TerminalError(f"{self.link.url} refused the request (HTTP {exc.code}): {reason}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise TransientError(f"{self.link.url}: {getattr(exc, 'reason', exc)}") from None
+            conn = self._connection()
+            conn.request(method, target, body=body if method == "POST" else None, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+        except (http.client.HTTPException, OSError) as exc:
+            self.close()
+            raise TransientError(f"{self.link.url}: {type(exc).__name__}: {exc}") from None
+        if response.status >= 500 or response.status == 429:
+            raise TransientError(f"{self.link.url}: HTTP {response.status}: {data.decode('utf-8', 'replace')[:500]}")
+        if response.status != 200:
+            self.close()
+            raise TerminalError(f"{self.link.url} refused the request (HTTP {response.status}): "
+                                f"{data.decode('utf-8', 'replace')[:500]}")
+        return json.loads(data or b"{}")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def send(self, batch: OutgoingBatch) -> bool:
         answer = self._request("POST", BATCH_PATH, {"X-Tiersync-Batch": batch.batch_id,
@@ -71,7 +88,7 @@ class HttpTransport(Transport):
 
     def trace(self, batch_ids: list[str]) -> list[TraceRow]:
         ids = ",".join(batch_ids)
-        answer = self._request("GET", f"{TRACE_PATH}?ids={urllib.request.quote(ids)}", {"X-Tiersync-Batch": ids})
+        answer = self._request("GET", f"{TRACE_PATH}?ids={urllib.parse.quote(ids)}", {"X-Tiersync-Batch": ids})
         return [TraceRow(*row) for row in answer.get("rows", [])]
 
     def describe(self) -> str:
@@ -108,6 +125,7 @@ class _Inbox:
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "tiersync"
+    protocol_version = "HTTP/1.1"  # keep-alive: a sender's connection serves many batches
     inbox: _Inbox
 
     def log_message(self, format, *args):  # noqa: A002 - the base class's name
@@ -149,11 +167,10 @@ class _Handler(BaseHTTPRequestHandler):
         return sender
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))  # read even when refused: keep-alive
         if urlsplit(self.path).path != BATCH_PATH:
             self._refuse(404, "not found")
             return
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length)
         sender = self._authenticated(body)
         if sender is None:
             return
@@ -166,8 +183,8 @@ class _Handler(BaseHTTPRequestHandler):
         if batch_id != f"{sender}:{self.inbox.node}:{seq}":
             self._refuse(400, f"batch id {batch_id!r} does not match sender, receiver and sequence")
             return
-        try:
-            if len(decode_batch(body)) != events:
+        try:  # whole and of the announced size (the signature already vouches for the sender)
+            if len(batch_lines(body)) != events:
                 raise CorruptBatch(f"the batch holds a different number of events than the {events} announced")
         except CorruptBatch as exc:
             self._refuse(400, f"batch {batch_id}: {exc}")
