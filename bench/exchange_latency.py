@@ -251,6 +251,8 @@ def main() -> None:
     parser.add_argument("--kafka-only", action="store_true")
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--format", choices=["avro", "json"], default="avro")
+    parser.add_argument("--middle", choices=["http", "exchange-db"], default="http",
+                        help="transport of the middle hop (city → province)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tiersync-bench-") as tmp:
         work = Path(tmp)
@@ -261,12 +263,13 @@ def main() -> None:
                       f"(other work may be running on this machine):")
                 three = latency(server, work, [("county-110101", "county"), ("city-110100", "city"),
                                                ("province-110000", "province"), ("national-100000", "national")],
-                                ["exchange-db", "http", "exchange-db"], args.seconds, args.rate)
+                                ["exchange-db", args.middle, "exchange-db"], args.seconds, args.rate)
                 one = latency(server, work, [("county-910101", "county"), ("national-900000", "national")],
                               ["exchange-db"], args.seconds, args.rate)
             finally:
                 server.destroy()
-            for label, r in (("three hops (exchange-db, http, exchange-db)", three), ("baseline: one hop", one)):
+            for label, r in ((f"three hops (exchange-db, {args.middle}, exchange-db)", three),
+                             ("baseline: one hop (exchange-db)", one)):
                 print(f"  {label:<45} {r['changes']:>7,} changes  p50 {r['p50'] * 1000:7.0f} ms  "
                       f"p99 {r['p99'] * 1000:7.0f} ms  max {r['max'] * 1000:7.0f} ms")
             print(f"  ratio three hops / one hop: p50 {three['p50'] / one['p50']:.2f}, "
