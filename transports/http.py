@@ -126,6 +126,7 @@ class _Inbox:
 class _Handler(BaseHTTPRequestHandler):
     server_version = "tiersync"
     protocol_version = "HTTP/1.1"  # keep-alive: a sender's connection serves many batches
+    disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms delayed-ACK stall
     inbox: _Inbox
 
     def log_message(self, format, *args):  # noqa: A002 - the base class's name
