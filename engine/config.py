@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from .errors import ConfigError
 from .ruleconfig import CAST_NAMES as CAST_NAMES  # re-exported for older imports
@@ -35,6 +35,7 @@ class NodeConfig(_Strict):
     tier: Tier
     region: str = Field(pattern=r"^\d{6}$", description="6-digit administrative region code")
     name: str = ""
+    parent: str | None = Field(default=None, description="node id of the next tier up (its link has role parent)")
 
 
 class DatabaseConfig(_Strict):
@@ -87,7 +88,8 @@ class MappingConfig(_Strict):
 
 class SourceConfig(_Strict):
     database: str
-    capture: Literal["trigger", "logical", "binlog"] = "trigger"
+    capture: Literal["trigger", "logical", "binlog", "inbox"] = Field(
+        default="trigger", description="inbox: what other nodes sent (source database = the exchange database)")
     tables: list[str] = Field(min_length=1)
     slot: str | None = Field(default=None, pattern=r"^[a-z0-9_]{1,63}$",
                              description="logical capture: replication slot (default tiersync_<pipeline>)")
@@ -115,6 +117,8 @@ class TargetConfig(_Strict):
     node: str | None = Field(default=None, description="node id behind the target; its own changes are never sent back")
     mode: SyncMode = "mirror"
     truncate: Literal["apply", "ignore"] = Field(default="ignore", description="what a captured TRUNCATE does")
+    outbox: bool = Field(default=False, description="send to other nodes by the exchange routes (database = the "
+                                                    "exchange database; mapping targets name exchange tables)")
 
 
 class PipelineConfig(_Strict):
@@ -139,12 +143,57 @@ class PipelineConfig(_Strict):
         return [m for m in self.mappings if m.source == table]
 
 
+class LinkConfig(_Strict):
+    """A link to another node: which way it points and the transport that carries batches over it."""
+
+    role: Literal["parent", "child", "peer"]
+    transport: Literal["exchange-db", "http", "kafka"]
+    region: str | None = Field(default=None, pattern=r"^\d{6}$", description="the child's region code")
+    brokers: list[str] = Field(default_factory=list, description="kafka: bootstrap servers, host:port")
+    format: Literal["json", "avro"] = Field(default="json", description="kafka: message values as Debezium JSON "
+                                                                       "or Avro in the Confluent wire format")
+    partitions: int = Field(default=1, ge=1, le=1000, description="kafka: partitions of topics tiersync creates")
+    compact: bool = Field(default=False, description="kafka: create topics with cleanup.policy=compact")
+    inbox: str | None = Field(default=None, description="exchange-db: URL of the receiving node's exchange database")
+    url: str | None = Field(default=None, description="http: the receiving node's endpoint, http(s)://host:port")
+    key: SecretStr | None = Field(default=None, description="http: per-link HMAC key, the same at both ends")
+    batch_size: int = Field(default=1000, ge=1, le=1_000_000, description="events per transport batch")
+    timeout: float = Field(default=30.0, gt=0, le=3600)
+
+
+class RouteConfig(_Strict):
+    """Where changes of one exchange table go."""
+
+    key: list[str] = Field(min_length=1, description="the exchange table's key columns")
+    up: bool = False
+    down: bool = False
+    down_match: str | None = Field(default=None, description="send down only to the child whose region code "
+                                                             "is a prefix of this column (trailing 00s dropped)")
+    across: list[str] = Field(default_factory=list, description="peer node ids")
+    region_column: str | None = Field(default=None, description="send only rows whose column starts with "
+                                                                "region_prefix")
+    region_prefix: str | None = Field(default=None, pattern=r"^\d{1,6}$",
+                                      description="default: this node's region code, trailing 00s dropped")
+
+
+class ExchangeConfig(_Strict):
+    database: str = Field(description="this node's exchange database (inbox, outbox, trace)")
+    listen: str | None = Field(default=None, pattern=r"^[^:]+:\d+$", description="http: host:port to receive on")
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    max_clock_skew: float = Field(default=300.0, gt=0, description="http: seconds a signed request stays valid")
+    poll_interval: float = Field(default=0.5, gt=0, le=3600, description="how often idle links and relays look")
+    links: dict[str, LinkConfig] = Field(default_factory=dict)
+    tables: dict[str, RouteConfig] = Field(default_factory=dict)
+
+
 class Config(_Strict):
     node: NodeConfig
     databases: dict[str, DatabaseConfig]
     pipelines: list[PipelineConfig] = Field(default_factory=list)
     base_dir: str = Field(default=".", exclude=True, description="set by load_config: relative paths start here")
     source_file: str = Field(default="", exclude=True, description="set by load_config: the YAML it came from")
+    exchange: ExchangeConfig | None = None
 
     def pipeline(self, name: str) -> PipelineConfig:
         for pipeline in self.pipelines:
@@ -185,10 +234,14 @@ def _model_at(path: tuple) -> type[BaseModel] | None:
         ("pipelines", "*", "mappings", "*", "lookups", "*"): LookupConfig,
         ("pipelines", "*", "mappings", "*", "discriminator"): DiscriminatorConfig,
         ("pipelines", "*", "mappings", "*", "surrogate_key"): SurrogateKeyConfig,
+        ("exchange",): ExchangeConfig,
+        ("exchange", "links", "*"): LinkConfig,
+        ("exchange", "tables", "*"): RouteConfig,
     }
     generic = tuple("*" if isinstance(p, int) or (i == 1 and path[0] == "databases") or
                     (i == 5 and len(path) > 4 and path[4] == "columns") or
-                    (i == 3 and len(path) > 2 and path[2] == "value_maps") else p
+                    (i == 3 and len(path) > 2 and path[2] == "value_maps") or
+                    (i == 2 and path[0] == "exchange" and path[1] in ("links", "tables")) else p
                     for i, p in enumerate(path))
     return models.get(generic)
 
@@ -241,7 +294,7 @@ def _cross_check(config: Config, source: LoadedYaml) -> list[str]:
                 problems.append(
                     f"{source.where(base + (side, 'database'))}: {side} database {db!r} is not declared "
                     f"under databases{_suggest(db, names)}")
-        if pipeline.source.database == pipeline.target.database:
+        if pipeline.source.database == pipeline.target.database and not pipeline.target.outbox:
             problems.append(f"{source.where(base + ('target', 'database'))}: source and target are the same database")
         tables = pipeline.source.tables
         if len(set(tables)) != len(tables):
@@ -261,6 +314,76 @@ def _cross_check(config: Config, source: LoadedYaml) -> list[str]:
             dropped_and_renamed = set(mapping.drop) & set(mapping.columns)
             if dropped_and_renamed:
                 problems.append(f"{where}: columns both dropped and mapped: {', '.join(sorted(dropped_and_renamed))}")
+    return problems + exchange_problems(config, source)
+
+
+def exchange_problems(config: Config, source: LoadedYaml) -> list[str]:
+    """Links, routes and the pipelines that use them must agree with each other and with the node."""
+    problems: list[str] = []
+    exchange = config.exchange
+    uses = [(i, p) for i, p in enumerate(config.pipelines) if p.source.capture == "inbox" or p.target.outbox]
+    if exchange is None:
+        for i, _ in uses:
+            problems.append(f"{source.where(('pipelines', i))}: an inbox source or an outbox target needs an "
+                            f"exchange section (exchange: {{database: …, links: …, tables: …}})")
+        return problems
+    at = ("exchange",)
+    if exchange.database not in config.databases:
+        problems.append(f"{source.where(at + ('database',))}: exchange database {exchange.database!r} is not "
+                        f"declared under databases{_suggest(exchange.database, list(config.databases))}")
+    parents = [n for n, link in exchange.links.items() if link.role == "parent"]
+    if len(parents) > 1:
+        problems.append(f"{source.where(at + ('links',))}: more than one parent link: {', '.join(parents)}")
+    if parents and config.node.parent != parents[0]:
+        problems.append(f"{source.where(('node',))}: node.parent is {config.node.parent!r} but the parent link "
+                        f"is {parents[0]!r}")
+    for name, link in exchange.links.items():
+        where = source.where(at + ("links", name))
+        if name == config.node.id:
+            problems.append(f"{where}: a link to the node itself")
+        if link.role == "child" and not link.region:
+            problems.append(f"{where}: a child link needs the child's region code (region: \"110101\")")
+        if link.transport == "exchange-db" and not link.inbox:
+            problems.append(f"{where}: transport exchange-db needs inbox: <URL of {name}'s exchange database>")
+        if link.transport == "http" and not (link.url or link.key):
+            problems.append(f"{where}: transport http needs url: (to send) and key: (to sign and verify)")
+        if link.transport == "kafka" and not link.brokers:
+            problems.append(f"{where}: transport kafka needs brokers: [host:port, …]")
+        if link.transport == "http" and link.url and not link.key:
+            problems.append(f"{where}: transport http needs key: (the per-link HMAC key)")
+    for table, route in exchange.tables.items():
+        where = source.where(at + ("tables", table))
+        for peer in route.across:
+            link = exchange.links.get(peer)
+            if link is None or link.role != "peer":
+                problems.append(f"{where}: across names {peer!r}, which is not a peer link"
+                                f"{_suggest(peer, list(exchange.links))}")
+        if route.down_match and not route.down:
+            problems.append(f"{where}: down_match without down: true")
+        if route.region_prefix and not route.region_column:
+            problems.append(f"{where}: region_prefix without region_column")
+    for i, pipeline in uses:
+        base = ("pipelines", i)
+        if pipeline.source.capture == "inbox":
+            if pipeline.source.database != exchange.database:
+                problems.append(f"{source.where(base + ('source', 'database'))}: an inbox source reads the exchange "
+                                f"database {exchange.database!r}")
+            for table in pipeline.source.tables:
+                if table not in exchange.tables:
+                    problems.append(f"{source.where(base + ('source', 'tables'))}: {table!r} is not an exchange "
+                                    f"table{_suggest(table, list(exchange.tables))}")
+        if pipeline.target.outbox:
+            if pipeline.source.split_transactions:
+                problems.append(f"{source.where(base + ('source', 'split_transactions'))}: an outbox target "
+                                f"queues whole source transactions; split_transactions is not supported")
+            if pipeline.target.database != exchange.database:
+                problems.append(f"{source.where(base + ('target', 'database'))}: an outbox target is the exchange "
+                                f"database {exchange.database!r}")
+            for j, mapping in enumerate(pipeline.mappings):
+                name = mapping.target or mapping.source
+                if name not in exchange.tables:
+                    problems.append(f"{source.where(base + ('mappings', j))}: mapping target {name!r} is not an "
+                                    f"exchange table{_suggest(name, list(exchange.tables))}")
     return problems
 
 

@@ -16,9 +16,24 @@ from .registry import connector_for
 log = logging.getLogger(__name__)
 
 
-def run_node(config: Config, names: list[str], *, once: bool, stop: threading.Event) -> dict[str, str]:
-    """Run ``names`` (one thread each); returns the pipelines that failed with their errors."""
+def run_node(config: Config, names: list[str], *, once: bool, stop: threading.Event,
+             network: bool = True) -> dict[str, str]:
+    """Run ``names`` (one thread each); returns the pipelines that failed with their errors.
+
+    With ``network`` and an exchange section, the node also relays (the forward pipeline) and sends over its
+    links (after the pipelines, with ``once``).
+    """
     failures: dict[str, str] = {}
+    receivers: list = []
+    senders: list = []
+    if network and config.exchange is not None:
+        from .network import FORWARD, exchange_workers, prepare, with_relay
+
+        prepare(config)
+        config = with_relay(config)
+        if any(p.name == FORWARD for p in config.pipelines) and FORWARD not in names:
+            names = [*names, FORWARD]
+        receivers, senders = exchange_workers(config, stop, once)
     runners = [PipelineRunner(config, name, stop) for name in names]
 
     def drive(runner: PipelineRunner) -> None:
@@ -31,13 +46,33 @@ def run_node(config: Config, names: list[str], *, once: bool, stop: threading.Ev
             failures[runner.pipeline.name] = f"{type(exc).__name__}: {exc}"
             log.exception("pipeline %s stopped by an unexpected error", runner.pipeline.name)
 
+    def work(name: str, action) -> None:
+        try:
+            action()
+        except TiersyncError as exc:
+            failures[name] = str(exc)
+            log.error("%s stopped: %s", name, exc)
+        except Exception as exc:  # noqa: BLE001 - as for pipelines
+            failures[name] = f"{type(exc).__name__}: {exc}"
+            log.exception("%s stopped by an unexpected error", name)
+
+    def in_threads(threads: list[threading.Thread]) -> None:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.2)
+
+    def workers(pairs: list) -> list[threading.Thread]:
+        return [threading.Thread(target=work, args=(n, a), name=n, daemon=True) for n, a in pairs]
+
     _reload_on_sighup(runners)
-    threads = [threading.Thread(target=drive, args=(r,), name=r.pipeline.name, daemon=True) for r in runners]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        while thread.is_alive():
-            thread.join(0.2)
+    pipelines = [threading.Thread(target=drive, args=(r,), name=r.pipeline.name, daemon=True) for r in runners]
+    if once:  # take in what arrived, apply and relay it, then send what was queued
+        for stage in (workers(receivers), pipelines, workers(senders)):
+            in_threads(stage)
+    else:
+        in_threads(workers(receivers) + pipelines + workers(senders))
     return failures
 
 

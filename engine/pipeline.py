@@ -72,9 +72,20 @@ class PipelineRunner:
             # what changes during the copy is replayed afterwards (see engine.snapshot)
             from .snapshot import Snapshot
             Snapshot(plan, chunk_rows=self.pipeline.batch_size, stop=self.stop, resume_only=True).run()
-        self.reader = plan.source.reader(self.pipeline.source, self.pipeline.name, plan.captured, start, plan.node_id)
-        self.session = plan.target.target_session()
-        self.applier = plan.target.applier(self.session, plan)
+        if self.pipeline.source.capture == "inbox":
+            from .network import inbox_reader
+
+            self.reader = inbox_reader(self.config, plan, start)
+        else:
+            self.reader = plan.source.reader(self.pipeline.source, self.pipeline.name, plan.captured, start,
+                                             plan.node_id)
+        if self.pipeline.target.outbox:
+            from .network import outbox_sink
+
+            self.applier = self.session = outbox_sink(self.config, plan)
+        else:
+            self.session = plan.target.target_session()
+            self.applier = plan.target.applier(self.session, plan)
         self.plan = plan
         log.info("pipeline %s: started from %s", self.pipeline.name, start or "the beginning of the change log")
 

@@ -19,7 +19,7 @@ from .expressions import ExpressionError
 from .mapping import CompiledMapping, SplitMapping
 from .registry import connector_for
 from .rules import RuleResources
-from .schema import TableInfo
+from .schema import ColumnInfo, TableInfo
 from .seams import CapturedTable, Connector
 
 
@@ -57,6 +57,8 @@ def source_tables(config: Config, pipeline: PipelineConfig, source: Connector,
                   problems: list[str]) -> list[CapturedTable]:
     """Describe the pipeline's captured tables and settle each one's key columns."""
     captured = []
+    if pipeline.source.capture == "inbox":
+        return [inbox_table(config, pipeline, source, name) for name in pipeline.source.tables]
     for name in pipeline.source.tables:
         table = source.qualify(name)
         info = source.describe(table)
@@ -78,9 +80,23 @@ def source_tables(config: Config, pipeline: PipelineConfig, source: Connector,
     return captured
 
 
+def inbox_table(config: Config, pipeline: PipelineConfig, source: Connector, name: str) -> CapturedTable:
+    """An exchange table as a received batch carries it: its key from the route, its columns as they come."""
+    route = config.exchange.tables[name]
+    mapping = pipeline.mapping_for(name)
+    named = list(route.key) + ([c for c in list(mapping.columns) + list(mapping.drop) if c not in route.key]
+                               if mapping else [])
+    info = TableInfo(source.qualify(name), tuple(ColumnInfo(c, "") for c in named), tuple(route.key))
+    return CapturedTable(info, tuple(route.key))
+
+
 def build_plan(config: Config, pipeline: PipelineConfig, *, connect_target: bool = True) -> PipelinePlan:
     """Resolve ``pipeline`` against its databases; raise ConfigError listing every problem."""
     problems: list[str] = []
+    if pipeline.source.capture == "inbox" or pipeline.target.outbox:
+        from .network import prepare
+
+        prepare(config)  # the exchange database is tiersync's own: its tables (and a SQLite file) are made here
     source_db = config.databases[pipeline.source.database]
     target_db = config.databases[pipeline.target.database]
     source = connector_for(source_db.url, source_db.state_schema)
@@ -177,7 +193,7 @@ def _check_target(pipeline: PipelineConfig, target: Connector, table: CapturedTa
     problems: list[str] = []
     name = rules.source
     target_id = mapping.target
-    if not connect_target:
+    if not connect_target or pipeline.target.outbox:  # an outbox's tables are exchange tables, not its own
         return problems
     info = target_tables.get(target_id) or target.describe_target(target_id, table.info, mapping)
     where = f"pipeline {pipeline.name}, mapping {name} → {target_id}"

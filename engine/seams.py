@@ -12,12 +12,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import SourceConfig
 from .errors import TerminalError
 from .event import ChangeEvent, TableId
 from .schema import TableInfo
+
+if TYPE_CHECKING:
+    from .exchange import ExchangeStore
 
 
 @dataclass(frozen=True)
@@ -343,6 +346,12 @@ class Connector(ABC):
     def write_statements(self, kind: str, table: TableId, columns: list[str], key: list[str]) -> list[str]:
         """The statements a target session runs for one group of changes (shown by `rules test`; never run)."""
         return []
+
+    def exchange_store(self) -> ExchangeStore:
+        """A connection to this database as a node's exchange database (inbox, outbox, trace)."""
+        from .errors import TerminalError
+
+        raise TerminalError(f"{self.scheme} databases cannot be a node's exchange database")
 
     @abstractmethod
     def table_scanner(self, table: CapturedTable) -> TableScanner: ...

@@ -266,7 +266,7 @@ def run(config_path: str, pipeline_name: str | None, once: bool) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    failures = run_node(config, names, once=once, stop=stop)
+    failures = run_node(config, names, once=once, stop=stop, network=pipeline_name is None)
     if failures:
         for name, error in failures.items():
             click.secho(f"pipeline {name}: {error}", fg="red", err=True)
@@ -418,8 +418,10 @@ def snapshot(config_path: str, pipeline_name: str, tables: tuple[str, ...], wher
 # command groups that live in their own modules
 from ops.binlog_cli import binlog  # noqa: E402
 from ops.compact_cli import compact  # noqa: E402
+from ops.exchange_cli import trace  # noqa: E402
+from ops.exchange_demo import demo_network  # noqa: E402
 from ops.reconcile_cli import reconcile  # noqa: E402
 from ops.rules_cli import rules  # noqa: E402
 
-for _command in (binlog, reconcile, compact, rules):
+for _command in (binlog, reconcile, compact, rules, trace, demo_network):
     main.add_command(_command)

@@ -87,9 +87,9 @@ class PostgresConnector(Connector):
         return source.slot_name(consumer, conninfo_to_dict(self.url).get("dbname", "postgres"))
 
     def capture_problems(self, source: SourceConfig, consumer: str, tables: list[CapturedTable]) -> list[str]:
-        if source.capture not in ("trigger", "logical"):
+        if source.capture not in ("trigger", "logical", "inbox"):
             return [f"PostgreSQL has no {source.capture} capture; use capture: trigger or capture: logical"]
-        if source.capture != "logical":
+        if source.capture in ("trigger", "inbox"):
             return []
         from .slots import logical_capture_problems
 
@@ -148,6 +148,12 @@ class PostgresConnector(Connector):
                  "insert": lambda: dialect.insert_from_stage_sql(stage, table, columns),
                  "delete": lambda: dialect.delete_from_stage_sql(stage, table, key)}[kind]()
         return [dialect.create_stage_sql(stage, table, staged), dialect.copy_sql(stage, staged), write]
+
+    def exchange_store(self):
+        from engine.exchange import ExchangeStore
+
+        return ExchangeStore(lambda: connect(self.url, autocommit=True, application="tiersync-exchange"),
+                             dialect.exchange_sql(self.state_schema), translate, (psycopg.Error,))
 
     def table_scanner(self, table: CapturedTable) -> TableScanner:
         return PostgresTableScanner(self.url, table)

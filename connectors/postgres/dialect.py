@@ -727,3 +727,56 @@ def log_remove_sql(schema: str) -> str:
 
 def log_rewrite_sql(schema: str) -> str:
     return f"UPDATE {quote(schema)}.tiersync_change_log SET op = %s, before = %s::json WHERE id = %s"
+
+def exchange_sql(schema: str):
+    """The exchange database's tables and statements (see engine.exchange.ExchangeSql)."""
+    from engine.exchange import ExchangeSql
+
+    s = quote(schema)
+    return ExchangeSql(
+        ddl=tuple(state_ddl(schema)) + (
+            f"""CREATE TABLE IF NOT EXISTS {s}.tiersync_outbox (
+    link text NOT NULL, seq bigint NOT NULL, batch_id text NOT NULL, payload bytea NOT NULL,
+    events integer NOT NULL, created_at text NOT NULL, acked_at text, PRIMARY KEY (link, seq))""",
+            f"CREATE TABLE IF NOT EXISTS {s}.tiersync_link_seq (link text PRIMARY KEY, last_seq bigint NOT NULL)",
+            f"""CREATE TABLE IF NOT EXISTS {s}.tiersync_inbox (
+    sender text NOT NULL, seq bigint NOT NULL, batch_id text NOT NULL, payload bytea NOT NULL,
+    events integer NOT NULL, received_at text NOT NULL, PRIMARY KEY (sender, seq))""",
+            f"""CREATE TABLE IF NOT EXISTS {s}.tiersync_inbox_consumer (
+    consumer text NOT NULL, sender text NOT NULL, last_seq bigint NOT NULL, PRIMARY KEY (consumer, sender))""",
+            f"""CREATE TABLE IF NOT EXISTS {s}.tiersync_trace (
+    batch_id text NOT NULL, node text NOT NULL, status text NOT NULL, at text NOT NULL, detail text NOT NULL,
+    PRIMARY KEY (batch_id, node, status, detail))""",
+            f"""CREATE TABLE IF NOT EXISTS {s}.tiersync_trace_key (
+    batch_id text NOT NULL, tbl text NOT NULL, key_text text NOT NULL, PRIMARY KEY (tbl, key_text, batch_id))""",
+        ),
+        begin="BEGIN", commit="COMMIT", rollback="ROLLBACK",
+        seq_init=f"INSERT INTO {s}.tiersync_link_seq (link, last_seq) VALUES (%s, 0) ON CONFLICT (link) DO NOTHING",
+        seq_next=f"UPDATE {s}.tiersync_link_seq SET last_seq = last_seq + 1 WHERE link = %s RETURNING last_seq",
+        outbox_insert=(f"INSERT INTO {s}.tiersync_outbox (link, seq, batch_id, payload, events, created_at) "
+                       f"VALUES (%s, %s, %s, %s, %s, %s)"),
+        outbox_pending=(f"SELECT seq, batch_id, payload, events FROM {s}.tiersync_outbox "
+                        f"WHERE link = %s AND acked_at IS NULL ORDER BY seq LIMIT %s"),
+        outbox_ack=f"UPDATE {s}.tiersync_outbox SET acked_at = %s WHERE link = %s AND seq = %s",
+        outbox_recent=(f"SELECT batch_id FROM {s}.tiersync_outbox WHERE link = %s AND acked_at IS NOT NULL "
+                       f"ORDER BY seq DESC LIMIT %s"),
+        outbox_purge=f"DELETE FROM {s}.tiersync_outbox WHERE link = %s AND seq <= %s AND acked_at IS NOT NULL",
+        inbox_insert=(f"INSERT INTO {s}.tiersync_inbox (sender, seq, batch_id, payload, events, received_at) "
+                      f"VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (sender, seq) DO NOTHING"),
+        inbox_senders=f"SELECT DISTINCT sender FROM {s}.tiersync_inbox",
+        inbox_read=(f"SELECT seq, batch_id, payload FROM {s}.tiersync_inbox WHERE sender = %s AND seq > %s "
+                    f"ORDER BY seq LIMIT %s"),
+        consumer_save=(f"INSERT INTO {s}.tiersync_inbox_consumer (consumer, sender, last_seq) VALUES (%s, %s, %s) "
+                       f"ON CONFLICT (consumer, sender) DO UPDATE SET last_seq = EXCLUDED.last_seq"),
+        consumer_positions=f"SELECT consumer, last_seq FROM {s}.tiersync_inbox_consumer WHERE sender = %s",
+        inbox_purge=f"DELETE FROM {s}.tiersync_inbox WHERE sender = %s AND seq <= %s",
+        trace_insert=(f"INSERT INTO {s}.tiersync_trace (batch_id, node, status, at, detail) "
+                      f"VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"),
+        trace_for=(f"SELECT batch_id, node, status, at, detail FROM {s}.tiersync_trace "
+                   f"WHERE batch_id IN (SELECT jsonb_array_elements_text(%s::jsonb))"),
+        key_insert=(f"INSERT INTO {s}.tiersync_trace_key (batch_id, tbl, key_text) VALUES (%s, %s, %s) "
+                    f"ON CONFLICT DO NOTHING"),
+        key_batches=f"SELECT batch_id FROM {s}.tiersync_trace_key WHERE tbl = %s AND key_text = %s",
+        checkpoint_save=save_checkpoint_sql(schema),
+        checkpoint_load=load_checkpoint_sql(schema),
+    )

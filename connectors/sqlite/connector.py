@@ -81,7 +81,7 @@ class SqliteConnector(Connector):
         return SqliteChangeLogReader(self.url, consumer, tables, start, node_id)
 
     def capture_problems(self, source: SourceConfig, consumer: str, tables: list[CapturedTable]) -> list[str]:
-        if source.capture != "trigger":
+        if source.capture not in ("trigger", "inbox"):
             return [f"SQLite has no {source.capture} capture; use capture: trigger"]
         return []
 
@@ -114,6 +114,12 @@ class SqliteConnector(Connector):
         return [{"upsert": lambda: dialect.upsert_sql(table, columns, key),
                  "insert": lambda: dialect.insert_sql(table, columns),
                  "delete": lambda: dialect.delete_sql(table, key)}[kind]()]
+
+    def exchange_store(self):
+        from engine.exchange import ExchangeStore
+
+        return ExchangeStore(lambda: connect(self.url, must_exist=False), dialect.exchange_sql(), translate,
+                             (sqlite3.Error,))
 
     def table_scanner(self, table: CapturedTable) -> TableScanner:
         return SqliteTableScanner(self.url, table)

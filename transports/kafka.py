@@ -1,0 +1,294 @@
+"""kafka: each change is a message on topic ``<sender>.<receiver>.<table>`` keyed by its primary key.
+
+The schema part of Debezium's ``<prefix>.<schema>.<table>`` names the
+receiving node, so each link's routed stream is its own set of topics. Values
+are Debezium-compatible envelopes (JSON, or Avro in the Confluent wire format
+with schemas published on the ``_tiersync_schemas`` topic). Headers carry the
+batch id, sequence, index and count, so the receiving end
+(:class:`KafkaReceiver`) puts whole batches back together and stores them in
+its inbox with its consumer offsets in the same transaction — no Kafka offset
+commits, no auto-commit: after a crash it resumes from offsets that never
+skip part of a batch, and a batch produced twice is stored once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+from engine.batchcodec import batch_lines, batch_of_lines, decode_batch
+from engine.config import Config
+from engine.debezium import ENVELOPE_DECODER, AvroTopicWriter, SchemaRegistry, from_avro, to_json
+from engine.errors import TerminalError, TransientError
+from engine.exchange import OutgoingBatch, TraceRow
+from engine.jsontext import dumps_exact
+from engine.transport import Transport
+
+log = logging.getLogger(__name__)
+
+SCHEMA_TOPIC = "_tiersync_schemas"
+
+
+def _kafka():
+    try:
+        import kafka
+        import kafka.errors
+    except ModuleNotFoundError:
+        raise TerminalError("the kafka transport needs kafka-python: pip install 'tiersync[kafka]'") from None
+    return kafka
+
+
+def _schema_registry(brokers: list[str], producer=None) -> SchemaRegistry:
+    """Schemas by id, kept on a Kafka topic (an embedded registry that travels with the data)."""
+    kafka = _kafka()
+
+    def publish(sid: int, schema: dict) -> None:
+        producer.send(SCHEMA_TOPIC, key=str(sid).encode(), value=json.dumps(schema).encode()).get(30)
+
+    def fetch():
+        consumer = kafka.KafkaConsumer(bootstrap_servers=brokers, enable_auto_commit=False, group_id=None)
+        try:
+            parts = consumer.partitions_for_topic(SCHEMA_TOPIC) or set()
+            tps = [kafka.TopicPartition(SCHEMA_TOPIC, p) for p in parts]
+            if not tps:
+                return []
+            consumer.assign(tps)
+            consumer.seek_to_beginning(*tps)
+            ends = consumer.end_offsets(tps)
+            found = []
+            while any(consumer.position(tp) < ends[tp] for tp in tps):
+                for records in consumer.poll(1000).values():
+                    found += [(int(r.key), json.loads(r.value)) for r in records]
+            return found
+        finally:
+            consumer.close()
+
+    return SchemaRegistry(publish if producer is not None else None, fetch)
+
+
+class KafkaTransport(Transport):
+    """The sending end: one message per change, all of a batch acknowledged (acks=all) before it counts as sent."""
+
+    _producer = None
+
+    def _connect(self):
+        kafka = _kafka()
+        if self._producer is None:
+            try:
+                self._producer = kafka.KafkaProducer(bootstrap_servers=self.link.brokers, acks="all", linger_ms=5,
+                                                     batch_size=512 * 1024, max_request_size=8 * 1024 * 1024)
+                self._admin = kafka.KafkaAdminClient(bootstrap_servers=self.link.brokers)
+            except kafka.errors.KafkaError as exc:
+                raise TransientError(f"kafka {self.link.brokers}: {exc}") from None
+            self._topics: set[str] = set()
+            self._registry = _schema_registry(self.link.brokers, self._producer)
+            self._writers: dict[str, AvroTopicWriter] = {}
+            routes = self.config.exchange.tables
+            self._keys = {table: route.key for table, route in routes.items()}
+        return self._producer
+
+    def _ensure_topic(self, topic: str) -> None:
+        if topic in self._topics:
+            return
+        kafka = _kafka()
+        from kafka.admin import NewTopic
+
+        configs = {"cleanup.policy": "compact"} if self.link.compact else {}
+        try:
+            self._admin.create_topics([NewTopic(topic, self.link.partitions, 1, topic_configs=configs)])
+        except kafka.errors.TopicAlreadyExistsError:
+            pass
+        self._topics.add(topic)
+
+    def topic(self, table: str) -> str:
+        return f"{self.node}.{self.link_name}.{table}"
+
+    def encode(self, event) -> bytes:
+        if self.link.format == "avro":
+            topic = self.topic(event.table.name)
+            writer = self._writers.get(topic)
+            if writer is None:
+                writer = self._writers[topic] = AvroTopicWriter(topic, self._registry)
+            return writer.encode(event)
+        return to_json(event)
+
+    def send(self, batch: OutgoingBatch) -> bool:
+        kafka = _kafka()
+        producer = self._connect()
+        if self.link.format == "avro":
+            messages = [(e.table.name, e.key, self.encode(e)) for e in decode_batch(batch.payload)]
+        else:  # the batch's lines are already the JSON envelopes: only table and key are read from them
+            messages = []
+            for line in batch_lines(batch.payload):
+                doc = ENVELOPE_DECODER.decode(line.decode())
+                key = doc["key"] or {}
+                messages.append((doc["source"]["table"], [key[str(i)] for i in range(len(key))], line))
+        common = [("tiersync-batch", batch.batch_id.encode()), ("tiersync-seq", str(batch.seq).encode()),
+                  ("tiersync-count", str(len(messages)).encode())]
+        try:
+            if self.link.format == "avro":
+                self._ensure_topic(SCHEMA_TOPIC)
+            futures = []
+            for index, (table, key_values, value) in enumerate(messages):
+                topic = self.topic(table)
+                self._ensure_topic(topic)
+                columns = self._keys.get(table) or [str(i) for i in range(len(key_values))]
+                key = dumps_exact(dict(zip(columns, key_values))).encode()
+                futures.append(producer.send(topic, key=key, value=value,
+                                             headers=[*common, ("tiersync-index", str(index).encode())]))
+            producer.flush(self.link.timeout)
+            for future in futures:
+                future.get(self.link.timeout)
+        except kafka.errors.KafkaError as exc:
+            self.close()
+            raise TransientError(f"kafka {self.link.brokers}: {type(exc).__name__}: {exc}") from None
+        return True
+
+    def trace(self, batch_ids: list[str]) -> list[TraceRow]:
+        return []  # Kafka carries no answers back: a kafka link's trace ends at "sent"
+
+    def describe(self) -> str:
+        return f"kafka {','.join(self.link.brokers)}"
+
+    def close(self) -> None:
+        if self._producer is not None:
+            for part in (self._producer, self._admin):
+                try:
+                    part.close(timeout=5) if part is self._producer else part.close()
+                except Exception:  # noqa: BLE001 - closing a broken client
+                    pass
+            self._producer = None
+
+
+class KafkaReceiver:
+    """The receiving end of one kafka link: whole batches into the inbox, offsets in the same transaction."""
+
+    def __init__(self, config: Config, link_name: str, stop: threading.Event):
+        self.config, self.link_name, self.stop = config, link_name, stop
+        self.link = config.exchange.links[link_name]
+        self.node = config.node.id
+        self.prefix = f"{link_name}.{self.node}."
+        self.checkpoint = f"kafka:{link_name}"
+        self.received = 0
+
+    def run(self, once: bool = False) -> None:
+        from engine.network import exchange_store
+
+        failures = 0
+        while not self.stop.is_set():
+            store = consumer = None
+            try:
+                store = exchange_store(self.config)
+                store.ensure()
+                consumer = self._consumer()
+                self._loop(store, consumer, once)
+                return
+            except TransientError as exc:
+                failures += 1
+                if once and failures >= 6:
+                    raise TerminalError(f"kafka link {self.link_name}: gave up: {exc}") from None
+                delay = min(30.0, 0.2 * 2 ** min(failures, 10))
+                log.warning("kafka link %s: %s — retrying in %.1fs", self.link_name, exc, delay)
+                self.stop.wait(delay)
+            finally:
+                for part in (consumer, store):
+                    if part is not None:
+                        part.close()
+
+    def _consumer(self):
+        kafka = _kafka()
+        try:
+            return kafka.KafkaConsumer(bootstrap_servers=self.link.brokers, enable_auto_commit=False, group_id=None,
+                                       auto_offset_reset="earliest", max_partition_fetch_bytes=8 * 1024 * 1024)
+        except kafka.errors.KafkaError as exc:
+            raise TransientError(f"kafka {self.link.brokers}: {exc}") from None
+
+    def _loop(self, store, consumer, once: bool) -> None:
+        kafka = _kafka()
+        saved = store.load_checkpoint(self.checkpoint)
+        state = json.loads(saved) if saved else {"offsets": {}, "done": 0}
+        offsets: dict[str, int] = state["offsets"]
+        done: int = state["done"]  # every batch up to this sequence is in the inbox
+        written: set[int] = set()
+        pending: dict[int, dict[str, Any]] = {}
+        assigned: list = []
+        registry = _schema_registry(self.link.brokers)
+        last_refresh = 0.0
+        idle = 0
+        while not self.stop.is_set():
+            try:
+                if time.monotonic() - last_refresh > 2.0:
+                    assigned = self._assign(consumer, assigned, offsets)
+                    last_refresh = time.monotonic()
+                records = consumer.poll(200, max_records=20000) if assigned else {}
+            except kafka.errors.KafkaError as exc:
+                raise TransientError(f"kafka {self.link.brokers}: {exc}") from None
+            if not assigned:
+                if once:
+                    return
+                self.stop.wait(0.5)
+                continue
+            for tp, batch in records.items():
+                for record in batch:
+                    self._collect(record, tp, pending, done, written, registry)
+            complete = sorted(seq for seq, p in pending.items() if len(p["events"]) == p["count"])
+            rows = []
+            for seq in complete:
+                part = pending.pop(seq)
+                lines = [part["events"][i] for i in range(part["count"])]
+                rows.append((seq, part["id"], batch_of_lines(lines), len(lines)))
+                written.add(seq)
+            while done + 1 in written:
+                done += 1
+                written.discard(done)
+            for tp in assigned:
+                spots = [o for p in pending.values() for (t, o) in p["spots"] if t == tp]
+                offsets[f"{tp.topic}|{tp.partition}"] = min(spots) if spots else consumer.position(tp)
+            if rows or records:
+                store.receive_many(self.link_name, rows, self.node,
+                                   (self.checkpoint, json.dumps({"offsets": offsets, "done": done})))
+                self.received += len(rows)
+                idle = 0
+            else:
+                idle += 1
+                if once and idle >= 5 and not pending:
+                    return
+
+    def _assign(self, consumer, assigned: list, offsets: dict[str, int]) -> list:
+        kafka = _kafka()
+        topics = sorted(t for t in consumer.topics() if t.startswith(self.prefix))
+        wanted = [kafka.TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        if wanted == assigned:
+            return assigned
+        consumer.assign(wanted)
+        for tp in wanted:
+            offset = offsets.get(f"{tp.topic}|{tp.partition}")
+            if offset is None:
+                consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, offset)
+        return wanted
+
+    def _collect(self, record, tp, pending: dict, done: int, written: set, registry: SchemaRegistry) -> None:
+        headers = {k: v.decode() for k, v in (record.headers or [])}
+        try:
+            seq, index, count = (int(headers[h]) for h in ("tiersync-seq", "tiersync-index", "tiersync-count"))
+            batch_id = headers["tiersync-batch"]
+        except (KeyError, ValueError):
+            log.error("kafka link %s: %s offset %s has no tiersync batch headers; skipped (not from tiersync)",
+                      self.link_name, tp, record.offset)
+            return
+        if seq <= done or seq in written:
+            return  # a batch already stored: produced again after a sender crash
+        value = record.value
+        try:  # the inbox holds JSON envelopes: a JSON message is stored as it came (the inbox reader checks it)
+            line = to_json(from_avro(value, registry)) if value[:1] == b"\x00" else value
+        except (ValueError, KeyError, TypeError) as exc:
+            raise TerminalError(f"kafka link {self.link_name}: {tp.topic}[{tp.partition}] offset {record.offset} "
+                                f"cannot be read: {exc}") from None
+        part = pending.setdefault(seq, {"id": batch_id, "count": count, "events": {}, "spots": []})
+        part["events"][index] = line
+        part["spots"].append((tp, record.offset))
