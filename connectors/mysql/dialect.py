@@ -126,17 +126,15 @@ def _columns(columns: list[str]) -> str:
     return ", ".join(quote(c) for c in columns)
 
 
-def upsert_sql(table: TableId, columns: list[str], key: list[str]) -> str:
-    """A multi-row upsert; pymysql's executemany turns the one VALUES group into as many as fit a packet."""
-    values = ", ".join("%s" for _ in columns)
+def upsert_sql_parts(table: TableId, columns: list[str], key: list[str]) -> tuple[str, str]:
+    """What goes before and after the rows of a multi-row upsert."""
     updates = [c for c in columns if c not in key] or key[:1]  # all key: a no-op update keeps it idempotent
     action = ", ".join(f"{quote(c)} = VALUES({quote(c)})" for c in updates)
-    return f"INSERT INTO {qualified(table)} ({_columns(columns)}) VALUES ({values}) ON DUPLICATE KEY UPDATE {action}"
+    return insert_sql_head(table, columns), f" ON DUPLICATE KEY UPDATE {action}"
 
 
-def insert_sql(table: TableId, columns: list[str]) -> str:
-    values = ", ".join("%s" for _ in columns)
-    return f"INSERT INTO {qualified(table)} ({_columns(columns)}) VALUES ({values})"
+def insert_sql_head(table: TableId, columns: list[str]) -> str:
+    return f"INSERT INTO {qualified(table)} ({_columns(columns)}) VALUES "
 
 
 def delete_sql(table: TableId, key: list[str], count: int) -> str:

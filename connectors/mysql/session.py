@@ -12,9 +12,10 @@ from engine.seams import DeadLetter, SnapshotProgress, TargetSession
 from . import dialect
 from .connection import connect
 from .errors import translate
-from .values import use_tiersync_encoders, value_writer
+from .values import row_literal, use_tiersync_encoders, value_writer
 
 DELETE_CHUNK = 1000  # keys per DELETE statement
+STATEMENT_CHARS = 1_000_000  # a multi-row statement stays well under max_allowed_packet (4 MB at the least)
 
 
 class MysqlSession(TargetSession):
@@ -109,13 +110,28 @@ class MysqlSession(TargetSession):
             raise RowRejected(f"value cannot be written to {table.id}: {exc}") from None
         return prepared
 
+    def _multi_row(self, head: str, tail: str, rows: list, what: str) -> None:
+        """``head`` VALUES (…), (…) ``tail``, in statements of at most STATEMENT_CHARS characters."""
+        try:
+            literals = [row_literal(row) for row in rows]
+        except (ValueError, TypeError, ArithmeticError) as exc:
+            raise RowRejected(f"{what}: {exc}") from None
+        start, size = 0, 0
+        for i, text in enumerate(literals):
+            size += len(text) + 1
+            if size > STATEMENT_CHARS and i > start:
+                self._run(head + ",".join(literals[start:i]) + tail, what=what)
+                start, size = i, len(text) + 1
+        if start < len(literals):
+            self._run(head + ",".join(literals[start:]) + tail, what=what)
+
     def upsert(self, table: TableInfo, columns: list[str], key: list[str], rows: list[tuple]) -> None:
-        self._many(dialect.upsert_sql(table.id, columns, key), self._prepared(table, columns, rows),
-                   f"upserting into {table.id}")
+        head, tail = dialect.upsert_sql_parts(table.id, columns, key)
+        self._multi_row(head, tail, self._prepared(table, columns, rows), f"upserting into {table.id}")
 
     def insert(self, table: TableInfo, columns: list[str], rows: list[tuple]) -> None:
-        self._many(dialect.insert_sql(table.id, columns), self._prepared(table, columns, rows),
-                   f"inserting into {table.id}")
+        head = dialect.insert_sql_head(table.id, columns)
+        self._multi_row(head, "", self._prepared(table, columns, rows), f"inserting into {table.id}")
 
     def delete(self, table: TableInfo, key: list[str], keys: list[tuple]) -> None:
         keys = self._prepared(table, key, keys)
