@@ -278,3 +278,24 @@ def test_a_stalled_stream_is_noticed_and_a_restart_resumes(county):
     reader = reader_for(url, [table], start.position)
     assert [e.key for e in events_of(drain(reader))] == [(1,), (2,), (3,)]
     reader.close()
+
+
+def test_an_idle_reader_moves_its_checkpoint_past_other_tables(county, monkeypatch):
+    from connectors.mysql import binlog_reader
+
+    monkeypatch.setattr(binlog_reader, "IDLE_CHECKPOINT_SECONDS", 1.0)
+    server, url, db = county
+    reader = reader_for(url, [captured(server, db, "item")])
+    [start] = drain(reader)
+    execute(server, db, "CREATE TABLE other (a int PRIMARY KEY)", "INSERT INTO other VALUES (1), (2)")
+    deadline = time.monotonic() + 20
+    moved = None
+    while time.monotonic() < deadline and moved is None:
+        batch = reader.read(100)
+        assert not batch.events
+        if batch.ends_transaction:
+            moved = batch
+    assert moved is not None, "the idle reader never let its position be saved"
+    before, after = BinlogPosition.deserialise(start.position), BinlogPosition.deserialise(moved.position)
+    assert after.file_offset > before.file_offset and after.gtid != before.gtid
+    reader.close()
