@@ -6,6 +6,7 @@ A throwaway MariaDB (binlog ROW, full image, full metadata, GTIDs) holds the sou
 gets N inserts and N/4 updates (every 4th id) of a 10-column table in transactions of 10,000 rows. Then:
 1. `tiersync run --once` drains it, timed from process start to exit (peak RSS from os.wait4): end-to-end
    changes/s, including start-up, decoding, mapping, compaction-free batches, COPY/upsert and checkpoints.
+   (tiersync decodes rows of common column types with its own loop, connectors/mysql/binlog_rows.py.)
 2. The raw decode baseline: a BinLogStreamReader over exactly the same binlog range (from the marked
    position until all N + N/4 rows arrived, only that table's row events), every row decoded into its dict.
 The target is then checked against the source (count and aggregates of every column).
@@ -82,8 +83,10 @@ def raw_decode(maria: MariaDBServer, position: str, expected: int) -> tuple[int,
     from pymysqlreplication import BinLogStreamReader
     from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
+    from connectors.mysql import binlog_rows
     from connectors.mysql.binlog_position import BinlogPosition
 
+    binlog_rows.uninstall()  # the library's own decoder, whatever this process imported
     start = BinlogPosition.deserialise(position)
     settings = {"host": "127.0.0.1", "port": maria.port, "user": "root", "password": "", "read_timeout": 30}
     started = time.monotonic()

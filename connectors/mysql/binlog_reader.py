@@ -48,6 +48,7 @@ from engine.errors import TerminalError, TransientError
 from engine.event import ChangeEvent, Op, TableId
 from engine.seams import CapturedTable, ReadBatch, Reader, SourceProgress
 
+from . import binlog_rows
 from .binlog_admin import (
     ServerBinlog,
     capture_problems,
@@ -200,6 +201,7 @@ class MysqlBinlogReader(Reader):
             schema = table.info.id.schema or self.database
             self.tables[(schema, table.info.id.name)] = table
         self.server_id = server_id_for(url, consumer)
+        binlog_rows.install()  # the faster row decoder for tables of common column types
         server, grants = self._server()
         self.mariadb = server.mariadb
         start_position = BinlogPosition.deserialise(start) if start else None
