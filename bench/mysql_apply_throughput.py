@@ -9,7 +9,9 @@ tiersync: a backlog of N changes (80% inserts, 20% updates, a 10-column table) i
 baseline: the same N row images (read from the source beforehand, not timed) written into another
   MariaDB database by pymysql `executemany` of one multi-row INSERT … ON DUPLICATE KEY UPDATE per
   transaction of batch-size rows — the floor for any Python writer using pymysql.
-Both targets are then checked against the source (row count and sums of every numeric column).
+apply stage: tiersync's BatchApplier and MariaDB session alone, in this process, over the same change log
+  (read and mapped untimed), into a third database — the figure to hold against the baseline.
+All targets are then checked against the source (row count and sums of every numeric column).
 
 Run:  flock /tmp/bench.lock .venv/bin/python bench/mysql_apply_throughput.py [--changes 1000000]
       flock /tmp/bench.lock .venv/bin/python bench/mysql_apply_throughput.py --changes 50000   # quick
@@ -67,6 +69,43 @@ def run_baseline(target: str, rows: list[tuple], batch: int) -> float:
     return seconds
 
 
+def stage_setup(config: Path):
+    """A reader of the same change log under another consumer name (never acknowledged: nothing purged)."""
+    from engine.config import load_config
+    from engine.plan import build_plan
+
+    node = load_config(config)
+    plan = build_plan(node, node.pipeline("bench"))
+    reader = plan.source.reader(node.pipeline("bench").source, "apply_stage", plan.captured, None, plan.node_id)
+    return plan, reader
+
+
+def run_apply_stage(plan, reader, stage_target: str, batch: int, expected) -> tuple[float, bool]:
+    """tiersync's apply stage alone (BatchApplier over a MariaDB session); reading and mapping are not timed."""
+    from engine.apply import Batch, BatchApplier
+    from engine.registry import connector_for
+
+    target = connector_for(stage_target)
+    target.ensure_state()
+    info = target.describe(target.qualify("bench_item"))
+    session = target.target_session()
+    applier = BatchApplier(session, {info.id: info})
+    mapping = next(iter(plan.mappings.values()))
+    mapping.target = info.id
+    seconds = 0.0
+    while True:
+        read = reader.read(batch)
+        if not read.events:
+            break
+        changes = [c for event in read.events for c in mapping.map(event)]
+        started = time.monotonic()
+        applier.apply(Batch("stage", changes, read.position, len(read.events)))
+        seconds += time.monotonic() - started
+    session.close()
+    reader.close()
+    return seconds, my_rows(stage_target, STATE) == expected
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--changes", type=int, default=1_000_000)
@@ -81,9 +120,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="tiersync-bench-") as workdir:
             source = pg.create_database("ts_source")
             target, baseline_target = maria.create_database("ts_target"), maria.create_database("baseline")
+            stage_target = maria.create_database("stage_target")
             pg_exec(source, DDL)
-            my_exec(target, MY_DDL)
-            my_exec(baseline_target, MY_DDL)
+            for url in (target, baseline_target, stage_target):
+                my_exec(url, MY_DDL)
             config = write_node(Path(workdir) / "node.yaml", {"src": source, "dst": target}, [{
                 "name": "bench", "source": {"database": "src", "tables": [TABLE]},
                 "target": {"database": "dst", "mode": "mirror"}, "batch_size": args.batch_size,
@@ -95,15 +135,17 @@ def main() -> None:
             generated = workload(source, args.changes)
             pg_exec(source, "VACUUM ANALYZE tiersync.tiersync_change_log")
             print(f"workload written in {generated:.1f}s", flush=True)
-            rows = changes_as_rows(source, args.changes)
-            baseline_seconds = run_baseline(baseline_target, rows, args.batch_size)
-            del rows
+            plan, stage_reader = stage_setup(config)  # registers a second consumer: the log stays for it
+            # the engine first, while this process is small: a child's peak RSS starts at its parent's size
             seconds, rss_kb = run_engine(config, Path(workdir) / "engine.log")
             expected = pg_rows(source, f"SELECT count(*), sum(qty), sum(price), sum(active::int), sum(status), "
                                        f"sum(region) FROM {TABLE}")
             same = my_rows(target, STATE) == expected
+            stage_seconds, stage_same = run_apply_stage(plan, stage_reader, stage_target, args.batch_size, expected)
+            rows = changes_as_rows(source, args.changes)
+            baseline_seconds = run_baseline(baseline_target, rows, args.batch_size)
+            del rows
             baseline_same = my_rows(baseline_target, STATE) == expected
-            left = pg_rows(source, "SELECT count(*) FROM tiersync.tiersync_change_log")[0][0]
     finally:
         for server in (pg, maria):
             if server is not None:
@@ -113,14 +155,19 @@ def main() -> None:
     print()
     print(f"changes                              {n}  (batch size {args.batch_size})")
     print(f"tiersync PostgreSQL → MariaDB        {seconds:8.2f} s  {rate:10,.0f} changes/s  (end to end)")
+    stage_rate = n / stage_seconds
+    print(f"tiersync apply stage alone           {stage_seconds:8.2f} s  {stage_rate:10,.0f} changes/s  "
+          f"(BatchApplier + MariaDB session)")
     print(f"pymysql executemany upserts          {baseline_seconds:8.2f} s  {base_rate:10,.0f} changes/s  (baseline)")
-    print(f"ratio tiersync / baseline            {rate / base_rate:8.2f}")
+    print(f"ratio end to end / baseline          {rate / base_rate:8.2f}")
+    print(f"ratio apply stage / baseline         {stage_rate / base_rate:8.2f}")
     print(f"engine peak RSS                      {rss_kb / 1024:8.1f} MB")
-    print(f"tiersync target == source            {same}  (change log rows left: {left})")
+    print(f"tiersync target == source            {same}  (apply stage: {stage_same})")
     print(f"baseline target == source            {baseline_same}")
-    print(f"bar >= 30,000 changes/s              {'met' if rate >= 30_000 else 'NOT met'}")
+    print(f"bar >= 30,000 changes/s end to end   {'met' if rate >= 30_000 else 'NOT met'}")
+    print(f"bar >= 30,000 changes/s apply stage  {'met' if stage_rate >= 30_000 else 'NOT met'}")
     print(f"bar peak RSS < 300 MB                {'met' if rss_kb / 1024 < 300 else 'NOT met'}")
-    if not (same and baseline_same and left == 0):
+    if not (same and stage_same and baseline_same):
         sys.exit("replication was incomplete or wrong; the figures above do not count")
 
 
