@@ -77,6 +77,13 @@ STATE_DDL = [
     updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
     PRIMARY KEY (pipeline, source_table)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin""",
+    # written first in every apply transaction that carries an origin: binlog capture on this database reads
+    # the transaction's origin from it (triggers read @tiersync_origin); one row per applying pipeline
+    """CREATE TABLE IF NOT EXISTS tiersync_apply_origin (
+    id INT NOT NULL PRIMARY KEY,
+    origin VARCHAR(255) NOT NULL,
+    n BIGINT NOT NULL DEFAULT 0
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin""",
     # one row per pipeline, locked by every apply transaction of it (a snapshot chunk's or a batch's)
     """CREATE TABLE IF NOT EXISTS tiersync_pipeline_lock (
     pipeline VARCHAR(191) NOT NULL PRIMARY KEY
@@ -120,6 +127,9 @@ APPLY_SESSION_SQL = [
 
 # the capture triggers read this session variable: changes applied by tiersync carry their origin
 SET_ORIGIN_SQL = "SET @tiersync_origin = %s"
+# …and binlog capture reads this row (n changes, so the row event is always logged)
+MARK_ORIGIN_SQL = ("INSERT INTO tiersync_apply_origin (id, origin, n) VALUES (%s, %s, 1) "
+                   "ON DUPLICATE KEY UPDATE origin = VALUES(origin), n = n + 1")
 
 
 def _columns(columns: list[str]) -> str:

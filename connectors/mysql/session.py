@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import pymysql
 
 from engine.errors import RowRejected
@@ -25,6 +27,8 @@ class MysqlSession(TargetSession):
         self.cur = self.conn.cursor()
         self._savepoints = 0
         self._origin: str | None = None
+        self._marked = False
+        self._marker_id = 0
         self._writers: dict = {}
         for statement in dialect.APPLY_SESSION_SQL:
             self._run(statement, what="preparing the target session")
@@ -48,6 +52,7 @@ class MysqlSession(TargetSession):
 
     def begin(self) -> None:
         self._run("BEGIN", what="starting a transaction")
+        self._marked = False
         if self._origin is not None:  # a user variable outlives transactions: start each one unmarked
             self._run(dialect.SET_ORIGIN_SQL, (None,))
             self._origin = None
@@ -66,6 +71,7 @@ class MysqlSession(TargetSession):
             pass  # the connection is gone; the server rolls the transaction back
 
     def lock_pipeline(self, pipeline: str) -> None:
+        self._marker_id = zlib.crc32(pipeline.encode()) % 2**31
         self._run(dialect.LOCK_PIPELINE_SQL, (pipeline,), "taking the pipeline's apply lock")
 
     def savepoint(self) -> None:
@@ -74,6 +80,7 @@ class MysqlSession(TargetSession):
 
     def rollback_to_savepoint(self) -> None:
         self._run(f"ROLLBACK TO SAVEPOINT tiersync_{self._savepoints}")
+        self._marked = False  # the marker row may have been written after the savepoint
 
     def release_savepoint(self) -> None:
         self._run(f"RELEASE SAVEPOINT tiersync_{self._savepoints}")
@@ -83,6 +90,9 @@ class MysqlSession(TargetSession):
         if origin != self._origin:
             self._run(dialect.SET_ORIGIN_SQL, (origin,))  # read by this database's capture triggers
             self._origin = origin
+        if origin and not self._marked:  # read by binlog capture: a target transaction carries one origin
+            self._run(dialect.MARK_ORIGIN_SQL, (self._marker_id, origin), "marking the transaction's origin")
+            self._marked = True
 
     def _prepared(self, table: TableInfo, columns: list[str], rows: list[tuple]) -> list:
         """Rows with each column's checks applied (decimal scale, time precision, JSON text)."""
