@@ -244,12 +244,18 @@ def value_writer(column_type: str) -> Callable[[Any], Any] | None:
     if match:
         digits = int(match.group(3) or 0)
         unit = 10 ** (6 - digits)
+        moment = match.group(1) != "time"
 
         def exact_fraction(v: Any) -> Any:
+            if moment and isinstance(v, str):  # ISO text (SQLite, casts): MySQL takes neither 'T' nor an offset
+                try:
+                    v = datetime.fromisoformat(v)
+                except ValueError:
+                    return v  # the server decides
             if isinstance(v, (datetime, time)) and v.microsecond % unit:
                 raise ValueError(f"{v} has more fractional digits than {column_type} holds")
             return v
-        return exact_fraction if digits < 6 else None
+        return exact_fraction
     if base_type(lowered) == "json":
         return lambda v: dumps_exact(v) if isinstance(v, (str, int, float, Decimal, bool)) else v
     return None

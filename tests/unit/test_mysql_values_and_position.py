@@ -79,5 +79,6 @@ def test_writers_refuse_silent_rounding():
     assert whole_seconds(datetime(2026, 1, 1)) == datetime(2026, 1, 1)
     with pytest.raises(ValueError):
         whole_seconds(datetime(2026, 1, 1, 0, 0, 0, 500000))
-    assert value_writer("datetime(6)") is None
+    assert value_writer("datetime(6)")("2026-01-01T08:00:00+08:00") == \
+        datetime(2026, 1, 1, 8, tzinfo=timezone(timedelta(hours=8)))
     assert value_writer("json")("text") == '"text"'
