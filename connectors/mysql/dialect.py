@@ -225,7 +225,9 @@ HEAD_SQL = f"SELECT coalesce(max(id), 0) FROM {CHANGE_LOG}"
 READER_SESSION_SQL = ["SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"]
 
 
-TABLE_PENDING_SQL = f"SELECT tbl, count(*), min(captured_at) FROM {CHANGE_LOG} GROUP BY tbl"
+# rows some consumer has not passed (the newest row is kept after every consumer has passed it)
+TABLE_PENDING_SQL = (f"SELECT tbl, count(*), min(captured_at) FROM {CHANGE_LOG} "
+                     f"WHERE id > (SELECT coalesce(min(floor_id), 0) FROM {CONSUMER}) GROUP BY tbl")
 
 INSTALLED_TRIGGERS_SQL = """
 SELECT EVENT_OBJECT_TABLE, TRIGGER_NAME FROM information_schema.TRIGGERS

@@ -86,7 +86,10 @@ def test_dba_commands(tmp_path, maria_databases, pg_databases):
     assert "item" in status and "2" in status
     run_once(config)
     assert pg_rows(target, "SELECT id, label FROM item ORDER BY id") == [(1, "a"), (2, "b")]
-    cli("triggers", "uninstall", "--config", str(config), "--pipeline", "p", "--force")
+    my_exec(source, "INSERT INTO item VALUES (3, 'c', 3, NULL)")
+    cli("triggers", "uninstall", "--config", str(config), "--pipeline", "p", expect=1)  # a change is pending
+    run_once(config)
+    cli("triggers", "uninstall", "--config", str(config), "--pipeline", "p")  # nothing pending: no --force
     assert my_rows(source, "SELECT count(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE()") \
         == [(0,)]
     assert my_rows(source, "SELECT count(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() "
