@@ -90,28 +90,30 @@ def _fraction(data: bytes, pos: int, fsp: int) -> tuple[int, int]:
 
 
 def _decimal(data: bytes, pos: int, params) -> tuple[Decimal, int]:
+    """MySQL's packed decimal: groups of 9 digits in 4 bytes, the leftover digits in fewer; the sign in the first
+    bit; a negative number stored with every bit inverted."""
     uncomp_int, uncomp_frac, comp_int, comp_frac = params
     head, tail = _DIGITS_BYTES[comp_int], _DIGITS_BYTES[comp_frac]
-    size = head + 4 * (uncomp_int + uncomp_frac) + tail
-    buf = bytearray(data[pos:pos + size])
-    negative = not buf[0] & 0x80
-    buf[0] ^= 0x80
-    mask = -1 if negative else 0
-    parts = ["-" if negative else ""]
-    p = 0
-    if head:
-        parts.append(str(int.from_bytes(buf[:head], "big", signed=True) ^ mask))
-        p = head
+    end = pos + head + 4 * (uncomp_int + uncomp_frac) + tail
+    raw = bytearray(data[pos:end])
+    negative = not raw[0] & 0x80
+    raw[0] ^= 0x80
+    if negative:
+        raw = bytes(b ^ 0xFF for b in raw)
+    p = head
+    whole = int.from_bytes(raw[:head], "big") if head else 0
     for _ in range(uncomp_int):
-        parts.append(f"{int.from_bytes(buf[p:p + 4], 'big', signed=True) ^ mask:09d}")
+        whole = whole * 1_000_000_000 + int.from_bytes(raw[p:p + 4], "big")
         p += 4
-    parts.append(".")
+    fraction = 0
     for _ in range(uncomp_frac):
-        parts.append(f"{int.from_bytes(buf[p:p + 4], 'big', signed=True) ^ mask:09d}")
+        fraction = fraction * 1_000_000_000 + int.from_bytes(raw[p:p + 4], "big")
         p += 4
+    digits = 9 * uncomp_frac + comp_frac
     if tail:
-        parts.append(f"{int.from_bytes(buf[p:p + tail], 'big', signed=True) ^ mask:0{comp_frac}d}")
-    return Decimal("".join(parts)), pos + size
+        fraction = fraction * 10 ** comp_frac + int.from_bytes(raw[p:p + tail], "big")
+    sign = "-" if negative else ""
+    return Decimal(f"{sign}{whole}.{fraction:0{digits}d}" if digits else f"{sign}{whole}"), end
 
 
 def _read_column_data(self, cols_bitmap, row_image_type=None):

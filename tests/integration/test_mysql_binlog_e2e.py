@@ -4,6 +4,8 @@ the engine at random points, a MariaDB restart mid-stream, echo prevention and s
 from __future__ import annotations
 
 import inspect
+import itertools
+import os
 import random
 import subprocess
 import sys
@@ -89,10 +91,25 @@ def node(tmp_path, source, target, **extra):
     ])
 
 
+@pytest.fixture(scope="module")
+def binlog_pg():
+    """A PostgreSQL target server of this module's own: every applying pipeline uses a replication origin, and a
+    cluster has only max_replication_slots of them, so these tests do not spend the shared server's."""
+    from tests.harness.postgres import PostgresServer
+
+    server = PostgresServer().init().start()
+    yield server
+    server.destroy()
+
+
+_databases = itertools.count()
+
+
 @pytest.fixture
-def binlog_node(tmp_path, maria_databases, pg_databases):
+def binlog_node(tmp_path, maria_databases, binlog_pg):
     route_binlog()
-    source, target = maria_databases[0], pg_databases[1]
+    source = maria_databases[0]
+    target = binlog_pg.create_database(f"city_{os.getpid()}_{next(_databases)}")
     my_exec(source, *MARIA_DDL)
     pg_exec(target, *PG_DDL)
     config = node(tmp_path, source, target)
