@@ -55,14 +55,9 @@ MY_STATE = ("SELECT count(*), sum(account_id), sum(qty), sum(status), sum(region
 PG_STATE = ("SELECT count(*), sum(account_id), sum(qty), sum(status), sum(region), sum(price), sum(length(note)), "
             "sum(extract(epoch FROM updated_at)), sum(active), sum(due - date '2024-01-01') FROM bench_item")
 
-ENGINE = ("import sys; from tests.integration.test_mysql_binlog_e2e import route_binlog; route_binlog(); "
-          "from ops.cli import main; sys.argv[0] = 'tiersync'; main()")
-
-
 def tiersync(*args: str) -> subprocess.Popen:
-    """The CLI as users run it (with `capture: binlog` routed to connectors/mysql/binlog_reader.py until the
-    connector hands it out itself; a no-op then)."""
-    return subprocess.Popen([sys.executable, "-c", ENGINE, "--log-level", "WARNING", *args], cwd=ROOT,
+    """The CLI as users run it."""
+    return subprocess.Popen([sys.executable, "-m", "ops", "--log-level", "WARNING", *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 

@@ -511,6 +511,8 @@ class MysqlBinlogReader(Reader):
                 image = row.get("after_values") or row.get("values") or {}
                 if image.get("origin"):
                     txn.origin = str(image["origin"])
+                    for change in txn.events:  # changes the transaction made before the marker, if any
+                        change.origin = txn.origin
             return
         columns = event.columns
         signature = (event.schema, event.table, tuple((c.name, c.type) for c in columns))
