@@ -80,7 +80,7 @@ def _to_text(value: Any) -> str:
 
 
 def _to_json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
+    return json.loads(value, parse_float=Decimal) if isinstance(value, str) else value  # 1.10 stays 1.10
 
 
 def _to_bytes(value: Any) -> bytes:

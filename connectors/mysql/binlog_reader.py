@@ -48,6 +48,7 @@ from engine.errors import TerminalError, TransientError
 from engine.event import ChangeEvent, Op, TableId
 from engine.seams import CapturedTable, ReadBatch, Reader, SourceProgress
 
+from . import binlog_rows
 from .binlog_admin import (
     ServerBinlog,
     capture_problems,
@@ -200,6 +201,7 @@ class MysqlBinlogReader(Reader):
             schema = table.info.id.schema or self.database
             self.tables[(schema, table.info.id.name)] = table
         self.server_id = server_id_for(url, consumer)
+        binlog_rows.install()  # the faster row decoder for tables of common column types
         server, grants = self._server()
         self.mariadb = server.mariadb
         start_position = BinlogPosition.deserialise(start) if start else None
@@ -509,6 +511,8 @@ class MysqlBinlogReader(Reader):
                 image = row.get("after_values") or row.get("values") or {}
                 if image.get("origin"):
                     txn.origin = str(image["origin"])
+                    for change in txn.events:  # changes the transaction made before the marker, if any
+                        change.origin = txn.origin
             return
         columns = event.columns
         signature = (event.schema, event.table, tuple((c.name, c.type) for c in columns))
@@ -588,13 +592,25 @@ def binlog_capture_problems(url: str, position: str | None = None) -> list[str]:
 
 
 def first_pending_time(url: str, position: BinlogPosition, consumer: str) -> datetime | None:
-    """When the oldest transaction after ``position`` was written (None: nothing after it)."""
+    """When the oldest transaction after ``position`` was written (None: nothing after it).
+
+    A blocking stream with heartbeats (MariaDB resets non-blocking dumps of large transactions): the first
+    heartbeat before any transaction means nothing is pending."""
     args = connect_args(url)
     settings = {"host": args["host"], "port": args["port"], "user": args["user"], "password": args["password"],
                 "charset": "utf8mb4", "connect_timeout": args["connect_timeout"], "read_timeout": 10}
+    opened = []
+
+    def connect_once(**kwargs):
+        if kwargs.get("db") != "information_schema":
+            if opened:
+                raise _StreamLost("the replication connection was lost")
+            opened.append(True)
+        return pymysql.connect(**kwargs)
+
     common = dict(connection_settings=settings, server_id=server_id_for(url, consumer + "#status"),
-                  blocking=False, only_events=[MariadbGtidEvent, GtidEvent, XidEvent, QueryEvent],
-                  enable_logging=False)
+                  blocking=True, slave_heartbeat=0.5, pymysql_wrapper=connect_once, enable_logging=False,
+                  only_events=[MariadbGtidEvent, GtidEvent, QueryEvent, HeartbeatLogEvent])
     conn = connect(url, autocommit=True)
     try:
         mariadb = read_server(conn).mariadb
@@ -605,11 +621,15 @@ def first_pending_time(url: str, position: BinlogPosition, consumer: str) -> dat
     else:
         stream = BinLogStreamReader(**common, log_file=position.file, log_pos=position.pos, resume_stream=True)
     try:
-        for event in stream:
+        while True:
+            event = stream.fetchone()
+            if isinstance(event, HeartbeatLogEvent):
+                return None
             if isinstance(event, (MariadbGtidEvent, GtidEvent)) or (
                     isinstance(event, QueryEvent) and event.query.strip().upper() == "BEGIN"):
                 return datetime.fromtimestamp(event.timestamp, timezone.utc)
-        return None
+    except (_StreamLost, pymysql.Error) as exc:
+        raise TransientError(f"reading the binlog after {position.serialise()}: {exc}") from None
     finally:
         stream.close()
 

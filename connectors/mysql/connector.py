@@ -101,15 +101,23 @@ class MysqlConnector(Connector):
         return MysqlTriggerCapture(self.url, consumer)
 
     def capture_problems(self, source: SourceConfig, consumer: str, tables: list[CapturedTable]) -> list[str]:
+        if source.capture == "binlog":
+            from .binlog_reader import binlog_capture_problems
+
+            return binlog_capture_problems(self.url)
         if source.capture != "trigger":
-            return [f"capture: {source.capture} is not available for MySQL/MariaDB here; use capture: trigger"]
+            return [f"MySQL/MariaDB has no {source.capture} capture; use capture: trigger or capture: binlog"]
         return []
 
     def reader(self, source: SourceConfig, consumer: str, tables: list[CapturedTable], start: str | None,
                node_id: str) -> Reader:
+        if source.capture == "binlog":
+            from .binlog_reader import binlog_reader_for
+
+            return binlog_reader_for(self.url, source, consumer, tables, start, node_id)
         if source.capture != "trigger":
-            raise TerminalError(f"capture: {source.capture} is not available for MySQL/MariaDB here; "
-                                f"use capture: trigger")
+            raise TerminalError(f"MySQL/MariaDB has no {source.capture} capture; use capture: trigger or "
+                                f"capture: binlog")
         return MysqlChangeLogReader(self.url, consumer, tables, start, node_id)
 
     def _has(self, table: str) -> bool:
@@ -117,6 +125,10 @@ class MysqlConnector(Connector):
 
     def progress(self, source: SourceConfig, consumer: str, tables: list[TableId],
                  position: str | None) -> SourceProgress:
+        if source.capture == "binlog":
+            from .binlog_reader import binlog_progress
+
+            return binlog_progress(self.url, consumer, position)
         if not self._has(dialect.CHANGE_LOG):
             return SourceProgress(0, None, "no change log")
         pos = MysqlLogPosition.deserialise(position) if position else MysqlLogPosition()

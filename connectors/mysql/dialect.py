@@ -77,6 +77,13 @@ STATE_DDL = [
     updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
     PRIMARY KEY (pipeline, source_table)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin""",
+    # written first in every apply transaction that carries an origin: binlog capture on this database reads
+    # the transaction's origin from it (triggers read @tiersync_origin); one row per applying pipeline
+    """CREATE TABLE IF NOT EXISTS tiersync_apply_origin (
+    id INT NOT NULL PRIMARY KEY,
+    origin VARCHAR(255) NOT NULL,
+    n BIGINT NOT NULL DEFAULT 0
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin""",
     # one row per pipeline, locked by every apply transaction of it (a snapshot chunk's or a batch's)
     """CREATE TABLE IF NOT EXISTS tiersync_pipeline_lock (
     pipeline VARCHAR(191) NOT NULL PRIMARY KEY
@@ -120,23 +127,24 @@ APPLY_SESSION_SQL = [
 
 # the capture triggers read this session variable: changes applied by tiersync carry their origin
 SET_ORIGIN_SQL = "SET @tiersync_origin = %s"
+# …and binlog capture reads this row (n changes, so the row event is always logged)
+MARK_ORIGIN_SQL = ("INSERT INTO tiersync_apply_origin (id, origin, n) VALUES (%s, %s, 1) "
+                   "ON DUPLICATE KEY UPDATE origin = VALUES(origin), n = n + 1")
 
 
 def _columns(columns: list[str]) -> str:
     return ", ".join(quote(c) for c in columns)
 
 
-def upsert_sql(table: TableId, columns: list[str], key: list[str]) -> str:
-    """A multi-row upsert; pymysql's executemany turns the one VALUES group into as many as fit a packet."""
-    values = ", ".join("%s" for _ in columns)
+def upsert_sql_parts(table: TableId, columns: list[str], key: list[str]) -> tuple[str, str]:
+    """What goes before and after the rows of a multi-row upsert."""
     updates = [c for c in columns if c not in key] or key[:1]  # all key: a no-op update keeps it idempotent
     action = ", ".join(f"{quote(c)} = VALUES({quote(c)})" for c in updates)
-    return f"INSERT INTO {qualified(table)} ({_columns(columns)}) VALUES ({values}) ON DUPLICATE KEY UPDATE {action}"
+    return insert_sql_head(table, columns), f" ON DUPLICATE KEY UPDATE {action}"
 
 
-def insert_sql(table: TableId, columns: list[str]) -> str:
-    values = ", ".join("%s" for _ in columns)
-    return f"INSERT INTO {qualified(table)} ({_columns(columns)}) VALUES ({values})"
+def insert_sql_head(table: TableId, columns: list[str]) -> str:
+    return f"INSERT INTO {qualified(table)} ({_columns(columns)}) VALUES "
 
 
 def delete_sql(table: TableId, key: list[str], count: int) -> str:
@@ -217,7 +225,9 @@ HEAD_SQL = f"SELECT coalesce(max(id), 0) FROM {CHANGE_LOG}"
 READER_SESSION_SQL = ["SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"]
 
 
-TABLE_PENDING_SQL = f"SELECT tbl, count(*), min(captured_at) FROM {CHANGE_LOG} GROUP BY tbl"
+# rows some consumer has not passed (the newest row is kept after every consumer has passed it)
+TABLE_PENDING_SQL = (f"SELECT tbl, count(*), min(captured_at) FROM {CHANGE_LOG} "
+                     f"WHERE id > (SELECT coalesce(min(floor_id), 0) FROM {CONSUMER}) GROUP BY tbl")
 
 INSTALLED_TRIGGERS_SQL = """
 SELECT EVENT_OBJECT_TABLE, TRIGGER_NAME FROM information_schema.TRIGGERS

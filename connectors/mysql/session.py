@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import pymysql
 
 from engine.errors import RowRejected
@@ -12,9 +14,10 @@ from engine.seams import DeadLetter, SnapshotProgress, TargetSession
 from . import dialect
 from .connection import connect
 from .errors import translate
-from .values import use_tiersync_encoders, value_writer
+from .values import row_literal, use_tiersync_encoders, value_writer
 
 DELETE_CHUNK = 1000  # keys per DELETE statement
+STATEMENT_CHARS = 1_000_000  # a multi-row statement stays well under max_allowed_packet (4 MB at the least)
 
 
 class MysqlSession(TargetSession):
@@ -24,6 +27,8 @@ class MysqlSession(TargetSession):
         self.cur = self.conn.cursor()
         self._savepoints = 0
         self._origin: str | None = None
+        self._marked = False
+        self._marker_id = 0
         self._writers: dict = {}
         for statement in dialect.APPLY_SESSION_SQL:
             self._run(statement, what="preparing the target session")
@@ -47,6 +52,7 @@ class MysqlSession(TargetSession):
 
     def begin(self) -> None:
         self._run("BEGIN", what="starting a transaction")
+        self._marked = False
         if self._origin is not None:  # a user variable outlives transactions: start each one unmarked
             self._run(dialect.SET_ORIGIN_SQL, (None,))
             self._origin = None
@@ -65,6 +71,7 @@ class MysqlSession(TargetSession):
             pass  # the connection is gone; the server rolls the transaction back
 
     def lock_pipeline(self, pipeline: str) -> None:
+        self._marker_id = zlib.crc32(pipeline.encode()) % 2**31
         self._run(dialect.LOCK_PIPELINE_SQL, (pipeline,), "taking the pipeline's apply lock")
 
     def savepoint(self) -> None:
@@ -73,6 +80,7 @@ class MysqlSession(TargetSession):
 
     def rollback_to_savepoint(self) -> None:
         self._run(f"ROLLBACK TO SAVEPOINT tiersync_{self._savepoints}")
+        self._marked = False  # the marker row may have been written after the savepoint
 
     def release_savepoint(self) -> None:
         self._run(f"RELEASE SAVEPOINT tiersync_{self._savepoints}")
@@ -82,6 +90,9 @@ class MysqlSession(TargetSession):
         if origin != self._origin:
             self._run(dialect.SET_ORIGIN_SQL, (origin,))  # read by this database's capture triggers
             self._origin = origin
+        if origin and not self._marked:  # read by binlog capture: a target transaction carries one origin
+            self._run(dialect.MARK_ORIGIN_SQL, (self._marker_id, origin), "marking the transaction's origin")
+            self._marked = True
 
     def _prepared(self, table: TableInfo, columns: list[str], rows: list[tuple]) -> list:
         """Rows with each column's checks applied (decimal scale, time precision, JSON text)."""
@@ -109,13 +120,28 @@ class MysqlSession(TargetSession):
             raise RowRejected(f"value cannot be written to {table.id}: {exc}") from None
         return prepared
 
+    def _multi_row(self, head: str, tail: str, rows: list, what: str) -> None:
+        """``head`` VALUES (…), (…) ``tail``, in statements of at most STATEMENT_CHARS characters."""
+        try:
+            literals = [row_literal(row) for row in rows]
+        except (ValueError, TypeError, ArithmeticError) as exc:
+            raise RowRejected(f"{what}: {exc}") from None
+        start, size = 0, 0
+        for i, text in enumerate(literals):
+            size += len(text) + 1
+            if size > STATEMENT_CHARS and i > start:
+                self._run(head + ",".join(literals[start:i]) + tail, what=what)
+                start, size = i, len(text) + 1
+        if start < len(literals):
+            self._run(head + ",".join(literals[start:]) + tail, what=what)
+
     def upsert(self, table: TableInfo, columns: list[str], key: list[str], rows: list[tuple]) -> None:
-        self._many(dialect.upsert_sql(table.id, columns, key), self._prepared(table, columns, rows),
-                   f"upserting into {table.id}")
+        head, tail = dialect.upsert_sql_parts(table.id, columns, key)
+        self._multi_row(head, tail, self._prepared(table, columns, rows), f"upserting into {table.id}")
 
     def insert(self, table: TableInfo, columns: list[str], rows: list[tuple]) -> None:
-        self._many(dialect.insert_sql(table.id, columns), self._prepared(table, columns, rows),
-                   f"inserting into {table.id}")
+        head = dialect.insert_sql_head(table.id, columns)
+        self._multi_row(head, "", self._prepared(table, columns, rows), f"inserting into {table.id}")
 
     def delete(self, table: TableInfo, key: list[str], keys: list[tuple]) -> None:
         keys = self._prepared(table, key, keys)

@@ -162,21 +162,63 @@ def _escape_datetime(value: datetime, mapping=None) -> str:
     return converters.escape_datetime(value, mapping)
 
 
-def _encoders() -> dict:
-    table = dict(converters.encoders)
-    table.update({float: _escape_float, Decimal: _escape_decimal, datetime: _escape_datetime,
-                  UUID: lambda v, m=None: converters.escape_str(str(v), m)})
-    return table
+def _escape_text(value: str) -> str:
+    return "'" + converters.escape_string(value) + "'"  # the apply session never sets NO_BACKSLASH_ESCAPES
+
+
+def _escape_document(value: Any) -> str:
+    return _escape_text(dumps_exact(value))
+
+
+_LITERALS: dict[type, Callable[[Any], str]] = {
+    int: str,
+    str: _escape_text,
+    type(None): lambda v: "NULL",
+    bool: lambda v: "1" if v else "0",
+    float: _escape_float,
+    Decimal: _escape_decimal,
+    datetime: _escape_datetime,
+    date: lambda v: f"'{v.isoformat()}'",
+    time: lambda v: converters.escape_time(v),
+    timedelta: lambda v: converters.escape_timedelta(v),
+    bytes: lambda v: f"X'{v.hex()}'",
+    bytearray: lambda v: f"X'{bytes(v).hex()}'",
+    memoryview: lambda v: f"X'{bytes(v).hex()}'",
+    UUID: lambda v: f"'{v}'",
+    dict: _escape_document,
+    list: _escape_document,
+    tuple: _escape_document,
+}
+
+
+def literal(value: Any) -> str:
+    """The SQL literal of one value, as the module docstring says (ValueError: it has none)."""
+    write = _LITERALS.get(type(value))
+    if write is None:
+        if isinstance(value, (dict, list, tuple)):
+            return _escape_document(value)
+        return _escape_text(str(value))  # enums, IP addresses …: their text
+    return write(value)
+
+
+def row_literal(row) -> str:
+    """``(v1, v2, …)`` for a multi-row VALUES list: one call per row instead of one per value and type."""
+    literals = _LITERALS
+    try:
+        return "(" + ",".join([literals[type(v)](v) for v in row]) + ")"
+    except KeyError:
+        return "(" + ",".join([literal(v) for v in row]) + ")"
 
 
 def use_tiersync_encoders(conn) -> None:
-    """Make ``conn`` write values as the module docstring says (lists and dicts as JSON text, not SQL tuples)."""
-    conn.encoders = _encoders()
+    """Make pymysql's own parameter escaping on ``conn`` (deletes, dead letters) write values like :func:`literal`."""
+    conn.encoders = dict(converters.encoders) | {float: _escape_float, Decimal: _escape_decimal,
+                                                 datetime: _escape_datetime}
     escape = conn.escape
 
     def escape_value(value: Any, mapping=None) -> str:
-        if type(value) in (list, dict, tuple):
-            return escape(dumps_exact(value), mapping)
+        if type(value) in (list, dict, tuple, UUID):
+            return literal(value)
         return escape(value, mapping)
     conn.escape = escape_value
 
@@ -202,12 +244,18 @@ def value_writer(column_type: str) -> Callable[[Any], Any] | None:
     if match:
         digits = int(match.group(3) or 0)
         unit = 10 ** (6 - digits)
+        moment = match.group(1) != "time"
 
         def exact_fraction(v: Any) -> Any:
+            if moment and isinstance(v, str):  # ISO text (SQLite, casts): MySQL takes neither 'T' nor an offset
+                try:
+                    v = datetime.fromisoformat(v)
+                except ValueError:
+                    return v  # the server decides
             if isinstance(v, (datetime, time)) and v.microsecond % unit:
                 raise ValueError(f"{v} has more fractional digits than {column_type} holds")
             return v
-        return exact_fraction if digits < 6 else None
+        return exact_fraction
     if base_type(lowered) == "json":
         return lambda v: dumps_exact(v) if isinstance(v, (str, int, float, Decimal, bool)) else v
     return None

@@ -3,10 +3,9 @@ the engine at random points, a MariaDB restart mid-stream, echo prevention and s
 
 from __future__ import annotations
 
-import inspect
+import itertools
+import os
 import random
-import subprocess
-import sys
 import threading
 import time
 from decimal import Decimal
@@ -14,51 +13,10 @@ from decimal import Decimal
 import pymysql
 import pytest
 
-from tests.helpers import ROOT, cli, pg_exec, pg_rows, run_once, write_node
+from tests.helpers import cli, pg_exec, pg_rows, run_once, spawn_engine, write_node
 from tests.mysql_helpers import my_exec, my_rows
 
 pytestmark = pytest.mark.postgres
-
-
-def route_binlog() -> None:
-    """Until the lead wires ``capture: binlog`` into MysqlConnector (see the closing note), route it here the
-    same way: reader, start-up checks and progress come from connectors.mysql.binlog_reader."""
-    from connectors.mysql import binlog_reader
-    from connectors.mysql.connector import MysqlConnector
-
-    if "binlog" in inspect.getsource(MysqlConnector.reader) or getattr(MysqlConnector, "_binlog_routed", False):
-        return
-    reader, problems, progress = MysqlConnector.reader, MysqlConnector.capture_problems, MysqlConnector.progress
-
-    def routed_reader(self, source, consumer, tables, start, node_id):
-        if source.capture == "binlog":
-            return binlog_reader.binlog_reader_for(self.url, source, consumer, tables, start, node_id)
-        return reader(self, source, consumer, tables, start, node_id)
-
-    def routed_problems(self, source, consumer, tables):
-        if source.capture == "binlog":
-            return binlog_reader.binlog_capture_problems(self.url)
-        return problems(self, source, consumer, tables)
-
-    def routed_progress(self, source, consumer, tables, position):
-        if source.capture == "binlog":
-            return binlog_reader.binlog_progress(self.url, consumer, position)
-        return progress(self, source, consumer, tables, position)
-
-    MysqlConnector.reader, MysqlConnector.capture_problems = routed_reader, routed_problems
-    MysqlConnector.progress = routed_progress
-    MysqlConnector._binlog_routed = True
-
-
-ENGINE = ("import sys; from tests.integration.test_mysql_binlog_e2e import route_binlog; route_binlog(); "
-          "from ops.cli import main; sys.argv[0] = 'tiersync'; main()")
-
-
-def spawn_engine(config, *extra, log=None) -> subprocess.Popen:
-    """The engine as users run it (`tiersync run`), as a separate process."""
-    out = open(log, "ab") if log else subprocess.DEVNULL
-    return subprocess.Popen([sys.executable, "-c", ENGINE, "--log-level", "WARNING", "run", "--config", str(config),
-                             *extra], cwd=ROOT, stdout=out, stderr=out)
 
 
 MARIA_DDL = [
@@ -89,10 +47,24 @@ def node(tmp_path, source, target, **extra):
     ])
 
 
+@pytest.fixture(scope="module")
+def binlog_pg():
+    """A PostgreSQL target server of this module's own: every applying pipeline uses a replication origin, and a
+    cluster has only max_replication_slots of them, so these tests do not spend the shared server's."""
+    from tests.harness.postgres import PostgresServer
+
+    server = PostgresServer().init().start()
+    yield server
+    server.destroy()
+
+
+_databases = itertools.count()
+
+
 @pytest.fixture
-def binlog_node(tmp_path, maria_databases, pg_databases):
-    route_binlog()
-    source, target = maria_databases[0], pg_databases[1]
+def binlog_node(tmp_path, maria_databases, binlog_pg):
+    source = maria_databases[0]
+    target = binlog_pg.create_database(f"city_{os.getpid()}_{next(_databases)}")
     my_exec(source, *MARIA_DDL)
     pg_exec(target, *PG_DDL)
     config = node(tmp_path, source, target)

@@ -278,3 +278,69 @@ def test_a_stalled_stream_is_noticed_and_a_restart_resumes(county):
     reader = reader_for(url, [table], start.position)
     assert [e.key for e in events_of(drain(reader))] == [(1,), (2,), (3,)]
     reader.close()
+
+
+def test_an_idle_reader_moves_its_checkpoint_past_other_tables(county, monkeypatch):
+    from connectors.mysql import binlog_reader
+
+    monkeypatch.setattr(binlog_reader, "IDLE_CHECKPOINT_SECONDS", 1.0)
+    server, url, db = county
+    reader = reader_for(url, [captured(server, db, "item")])
+    [start] = drain(reader)
+    execute(server, db, "CREATE TABLE other (a int PRIMARY KEY)", "INSERT INTO other VALUES (1), (2)")
+    deadline = time.monotonic() + 20
+    moved = None
+    while time.monotonic() < deadline and moved is None:
+        batch = reader.read(100)
+        assert not batch.events
+        if batch.ends_transaction:
+            moved = batch
+    assert moved is not None, "the idle reader never let its position be saved"
+    before, after = BinlogPosition.deserialise(start.position), BinlogPosition.deserialise(moved.position)
+    assert after.file_offset > before.file_offset and after.gtid != before.gtid
+    reader.close()
+
+
+def test_the_fast_row_decoder_matches_the_library(maria_server, maria_databases):
+    from pymysqlreplication import BinLogStreamReader
+    from pymysqlreplication.row_event import UpdateRowsEvent, WriteRowsEvent
+
+    from connectors.mysql import binlog_rows
+
+    url = maria_databases[0]
+    db = url.rsplit("/", 1)[1]
+    execute(maria_server, db, """CREATE TABLE f (id bigint unsigned PRIMARY KEY, d decimal(30,10), d2 decimal(5,5),
+        d3 decimal(10,0), dt datetime(6), dt0 datetime, ts timestamp(6) NULL, ts3 timestamp(3) NULL, txt varchar(400),
+        c char(3), b varbinary(8), tx text, t1 tinyint, t2 smallint unsigned, t3 mediumint, t3u mediumint unsigned,
+        i int, f float, g double, y year, zd date, u int unsigned, sb bigint)""")
+    start = BinlogPosition.deserialise(reader_for(url, []).position.serialise()).gtid
+    execute(maria_server, db, """INSERT INTO f VALUES
+        (18446744073709551615, -12345678901234567890.0123456789, -0.12345, -9999999999, '2026-11-21 23:59:59.999999',
+         '0000-00-00 00:00:00', '2026-11-21 08:00:00.250000', '2038-01-19 03:14:07.999', repeat('中', 300), 'ab',
+         x'00ff10', '县级😀', -128, 65535, -8388608, 16777215, -2147483648, 0.1, 0.1, 2026, '0000-00-00',
+         4294967295, -9223372036854775808),
+        (1, 0.5, 0.00001, 0, '1000-01-01 00:00:00.000001', '9999-12-31 23:59:59', NULL, NULL, NULL, NULL, NULL, NULL,
+         NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+        (2, -0.0000000001, -0.5, 1, '2000-01-01', '2000-01-01', '1970-01-01 08:00:01', '1999-12-31 23:59:59.5',
+         'x', 'y', x'01', 'z', 127, 0, 8388607, 0, 2147483647, -1.5e30, -2.5e300, 1901, '9999-12-31', 0,
+         9223372036854775807)""", "UPDATE f SET d = -d, dt = NULL, txt = concat(txt, '改')")
+
+    def decode():
+        stream = BinLogStreamReader(connection_settings={"host": "127.0.0.1", "port": maria_server.port,
+                                                         "user": "root", "password": ""},
+                                    server_id=4242, blocking=True, is_mariadb=True, auto_position=start,
+                                    only_events=[WriteRowsEvent, UpdateRowsEvent], enable_logging=False)
+        rows = []
+        while len(rows) < 6:
+            rows += [{k: v for k, v in r.items() if "none_sources" not in k} for r in stream.fetchone().rows]
+        stream.close()
+        return rows
+
+    binlog_rows.uninstall()
+    try:
+        library = decode()
+        binlog_rows.install()
+        assert decode() == library
+        assert library[0]["values"]["d"] == Decimal("-12345678901234567890.0123456789")
+    finally:
+        binlog_rows.install()

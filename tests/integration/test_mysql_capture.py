@@ -86,7 +86,10 @@ def test_dba_commands(tmp_path, maria_databases, pg_databases):
     assert "item" in status and "2" in status
     run_once(config)
     assert pg_rows(target, "SELECT id, label FROM item ORDER BY id") == [(1, "a"), (2, "b")]
-    cli("triggers", "uninstall", "--config", str(config), "--pipeline", "p", "--force")
+    my_exec(source, "INSERT INTO item VALUES (3, 'c', 3, NULL)")
+    cli("triggers", "uninstall", "--config", str(config), "--pipeline", "p", expect=1)  # a change is pending
+    run_once(config)
+    cli("triggers", "uninstall", "--config", str(config), "--pipeline", "p")  # nothing pending: no --force
     assert my_rows(source, "SELECT count(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE()") \
         == [(0,)]
     assert my_rows(source, "SELECT count(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() "
@@ -227,3 +230,35 @@ def test_kill_9_and_a_mariadb_restart_lose_and_double_nothing(maria_to_pg, maria
     assert sum(w.transactions for w in workloads) > 50
     run_once(config)
     assert_in_sync(source, target)
+
+
+def test_relay_through_mariadb_sends_no_echo(tmp_path, pg_databases, maria_databases):
+    """county (PostgreSQL) → city (MariaDB) by one node, city → county by another: what came from the county
+    is marked as the county's by the apply session and not sent back; the city's own changes are."""
+    county, _ = pg_databases
+    city, _ = maria_databases
+    pg_exec(county, "CREATE TABLE item (id integer PRIMARY KEY, label text NOT NULL, qty integer NOT NULL, note text)",
+            "CREATE TABLE from_city (hid bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, id integer, label text, "
+            "qty integer, note text, origin text)")
+    my_exec(city, MY_DDL)
+    up = write_node(tmp_path / "county.yaml", {"county": county, "city": city}, [
+        {"name": "up", "source": {"database": "county", "tables": ["item"]},
+         "target": {"database": "city", "node": "city-110100"}, "mappings": [{"source": "item", "target": "item"}]}],
+        node_id="county-110101")
+    down = write_node(tmp_path / "city.yaml", {"county": county, "city": city}, [
+        {"name": "down", "source": {"database": "city", "tables": ["item"]},
+         "target": {"database": "county", "node": "county-110101", "mode": "append"},
+         "mappings": [{"source": "item", "target": "public.from_city", "metadata": {"origin": "origin"}}]}],
+        node_id="city-110100")
+    cli("triggers", "install", "--config", str(up), "--pipeline", "up")
+    cli("triggers", "install", "--config", str(down), "--pipeline", "down")
+    pg_exec(county, "INSERT INTO item SELECT g, 'county ' || g, g, NULL FROM generate_series(1, 20) g")
+    run_once(up)
+    assert my_rows(city, "SELECT count(*) FROM item") == [(20,)]
+    assert my_rows(city, "SELECT DISTINCT origin FROM tiersync_apply_origin") == [("county-110101",)]
+    run_once(down)
+    assert pg_rows(county, "SELECT count(*) FROM from_city") == [(0,)], "the county's own changes came back"
+    my_exec(city, "INSERT INTO item VALUES (100, 'city', 1, NULL)", "UPDATE item SET qty = 7 WHERE id = 3")
+    run_once(down)
+    assert pg_rows(county, "SELECT id, qty, origin FROM from_city ORDER BY hid") == [
+        (100, 1, "city-110100"), (3, 7, "city-110100")]

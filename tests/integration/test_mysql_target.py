@@ -115,10 +115,11 @@ def test_mariadb_target_restart_mid_stream(pg_to_maria, maria_server, tmp_path):
     finally:
         workload.stop.set()
         workload.join(10)
-    deadline = time.time() + 60
+    deadline = time.time() + 180  # the running engine catches up by itself (both pipelines)
     while time.time() < deadline:
         if pg_rows(source, "SELECT count(*) FROM committed_change") == \
-                my_rows(target, "SELECT count(*) FROM item_history"):
+                my_rows(target, "SELECT count(*) FROM item_history") and \
+                pg_rows(source, "SELECT * FROM item ORDER BY id") == my_rows(target, "SELECT * FROM item ORDER BY id"):
             break
         time.sleep(0.5)
     engine.terminate()

@@ -295,3 +295,23 @@ def test_round_trip_mariadb_postgres_mariadb(round_trip, rows):
         import json
         assert json.loads(a[9], parse_float=Decimal) == json.loads(b[9], parse_float=Decimal)
     assert len(pg_rows(city, "SELECT id FROM rt")) == len(rows)
+
+
+def test_timestamps_written_in_any_session_time_zone_arrive_as_the_same_instant(tmp_path, maria_databases,
+                                                                                pg_databases):
+    source, _ = maria_databases
+    _, target = pg_databases
+    my_exec(source, "CREATE TABLE tz (id int PRIMARY KEY, ts timestamp(6) NULL, dt datetime(6))")
+    pg_exec(target, "CREATE TABLE tz (id int PRIMARY KEY, ts timestamptz, dt timestamp(6))")
+    config = write_node(tmp_path / "tz.yaml", {"src": source, "dst": target}, [
+        {"name": "tz", "source": {"database": "src", "tables": ["tz"]}, "target": {"database": "dst"},
+         "mappings": [{"source": "tz", "target": "public.tz"}]}])
+    cli("triggers", "install", "--config", str(config), "--pipeline", "tz")
+    my_exec(source, "SET time_zone = '+08:00'",
+            "INSERT INTO tz VALUES (1, '2026-11-21 08:00:00.5', '2026-11-21 08:00:00.5')",
+            "SET time_zone = '-05:00'", "INSERT INTO tz VALUES (2, '2026-11-20 19:00:00.5', '2026-11-21 08:00:00.5')",
+            "SET time_zone = '+08:00'", "UPDATE tz SET ts = '2026-11-21 09:00:00' WHERE id = 2")
+    run_once(config)
+    assert pg_rows(target, "SELECT id, ts, dt FROM tz ORDER BY id") == [
+        (1, datetime(2026, 11, 21, 0, 0, 0, 500000, tzinfo=timezone.utc), datetime(2026, 11, 21, 8, 0, 0, 500000)),
+        (2, datetime(2026, 11, 21, 1, 0, tzinfo=timezone.utc), datetime(2026, 11, 21, 8, 0, 0, 500000))]
