@@ -204,17 +204,18 @@ class MysqlConnector(Connector):
                            params + [1_000_000], "reading the change log")
         keep = zero_dates_kept(self.url)
         decoders: dict[str, tuple] = {}
-        found: list[tuple[TableId, tuple]] = []
+        found: dict[tuple[TableId, tuple], None] = {}
         for tbl, before, after in rows:
             if tbl not in decoders:
                 info = self.describe(TableId.parse(tbl))
-                decoders[tbl] = (info.key, image_decoders(CapturedTable(info, info.key), keep)) if info else ((), {})
+                key = info.primary_key if info else ()
+                decoders[tbl] = (key, image_decoders(CapturedTable(info, key), keep)) if info else ((), {})
             key, decode = decoders[tbl]
             for text in (before, after):
                 image = decode_image(text, decode) if text else None
                 if image is not None:
-                    found.append((TableId.parse(tbl), tuple(image.get(c) for c in key)))
-        return found
+                    found[(TableId.parse(tbl), tuple(image.get(c) for c in key))] = None  # before and after: once
+        return list(found)
 
     def load_snapshot_progress(self, pipeline: str, table: str) -> SnapshotProgress | None:
         if not self._has("tiersync_snapshot"):

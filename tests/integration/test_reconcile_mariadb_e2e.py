@@ -224,8 +224,25 @@ def test_mariadb_source_no_false_drift_while_replication_runs_and_since_checkpoi
     # incremental verification reads the MariaDB change log: only the keys changed since the last clean run
     report = reconcile(config, "--since-checkpoint", "--repair", expect=None)
     assert report["tables"][0]["checked_keys"] > 0 and report["verified_position"], report
+    from connectors.mysql.connector import MariadbConnector
+    from engine.config import SourceConfig
+
+    maria, capture = MariadbConnector(source), SourceConfig(database="src", tables=["item"])
+    checkpoint = load_config(config).databases["dst"]
+    before = maria.fence_head(capture)
     my_exec(source, "UPDATE item SET qty = 99 WHERE id IN (5, 6)")
+    head = maria.fence_head(capture)
+    assert int(head) == int(before) + 2
+    from connectors.postgres.connector import PostgresConnector
+
+    applied = PostgresConnector(checkpoint.url).load_checkpoint("p")
+    item = maria.qualify("item")
+    assert sorted(maria.unapplied(capture, "p", [item], applied, head)) == [(item, (5,)), (item, (6,))]
+    assert maria.unapplied(capture, "p", [item], applied, before) == []
+    binlog = SourceConfig(database="src", tables=["item"], capture="binlog")
+    assert maria.unapplied(binlog, "p", [item], applied) is None and maria.fence_head(binlog) is None
     run_once(config)
+    assert maria.unapplied(capture, "p", [item], PostgresConnector(checkpoint.url).load_checkpoint("p"), head) == []
     pg_exec(target, "UPDATE item_copy SET title = 'hand edit' WHERE id IN (5, 7)")  # 7 unchanged at the source
     report = reconcile(config, "--since-checkpoint", expect=1)
     assert report["tables"][0]["checked_keys"] == 2 and keys(report, "different") == [5]
