@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import timezone
 
 import pymysql
 
@@ -13,21 +14,23 @@ from engine.event import TableId
 from engine.schema import ColumnInfo, TableInfo
 from engine.seams import (
     CapturedTable,
+    ChecksumSpec,
     Connector,
     Reader,
     SnapshotProgress,
     SourceProgress,
+    TableChecksummer,
     TableScanner,
     TargetSession,
     TriggerCapture,
 )
 
-from . import dialect
-from .connection import as_utc, connect, database_of
+from . import dialect, reconcile_sql
+from .connection import as_utc, connect, database_of, zero_dates_kept
 from .errors import translate
 from .position import MysqlLogPosition
-from .reader import MysqlChangeLogReader
-from .scanner import MysqlTableScanner
+from .reader import MysqlChangeLogReader, decode_image, image_decoders
+from .scanner import MysqlChecksummer, MysqlTableScanner
 from .session import MysqlSession
 from .triggers import MysqlTriggerCapture
 
@@ -154,6 +157,77 @@ class MysqlConnector(Connector):
 
     def table_scanner(self, table: CapturedTable) -> TableScanner:
         return MysqlTableScanner(self.url, table)
+
+    # ---- reconciliation (checksum SQL in reconcile_sql.py, the rest in dialect.py)
+
+    def column_kind(self, type_name: str) -> str:
+        return reconcile_sql.column_kind(type_name)
+
+    def pushable(self, kind: str) -> bool:
+        return reconcile_sql.pushable(kind)
+
+    def checksummer(self, spec: ChecksumSpec) -> TableChecksummer:
+        return MysqlChecksummer(self.url, spec)
+
+    def save_reconcile_run(self, run: dict) -> None:
+        started = run["started_at"]
+        if getattr(started, "tzinfo", None) is not None:  # the session is UTC; TIMESTAMP takes naive UTC
+            started = started.astimezone(timezone.utc).replace(tzinfo=None)
+        values = [started if c == "started_at" else run[c] for c in dialect.RECONCILE_RUN_COLUMNS]
+        conn = connect(self.url, autocommit=True)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(dialect.RECONCILE_RUN_DDL)
+                cur.execute(dialect.SAVE_RECONCILE_RUN_SQL, values)
+        except pymysql.Error as exc:
+            raise translate(exc, "recording the reconcile run") from None
+        finally:
+            conn.close()
+
+    def reconcile_runs(self, pipeline: str, limit: int) -> list[dict]:
+        if not self._has("tiersync_reconcile_run"):
+            return []
+        columns = ["id", "finished_at"] + [c for c in dialect.RECONCILE_RUN_COLUMNS if c != "report"]
+        runs = [dict(zip(columns, r)) for r in self._query(dialect.RECONCILE_RUNS_SQL, (pipeline, limit))]
+        for run in runs:
+            run["finished_at"], run["started_at"] = as_utc(run["finished_at"]), as_utc(run["started_at"])
+        return runs
+
+    def fence_head(self, source: SourceConfig) -> str | None:
+        """The change log's highest id: every change committed now has an id at or below it.
+
+        Binlog capture: None (a binlog position is not compared with the checkpoint here, so no fence: one read).
+        """
+        if source.capture != "trigger" or not self._has(dialect.CHANGE_LOG):
+            return None
+        return str(self._query(dialect.HEAD_SQL)[0][0])
+
+    def unapplied(self, source: SourceConfig, consumer: str, tables: list[TableId], position: str | None,
+                  head: str | None = None) -> list[tuple[TableId, tuple]] | None:
+        if source.capture != "trigger":
+            return None
+        if not self._has(dialect.CHANGE_LOG) or not tables:
+            return []
+        pos = MysqlLogPosition.deserialise(position) if position else MysqlLogPosition()
+        params: list = [pos.high] + [v for gap in pos.open_gaps for v in gap] + [str(t) for t in tables]
+        if head is not None:
+            params.append(int(head))
+        rows = self._query(dialect.unapplied_sql(len(tables), len(pos.open_gaps), head is not None),
+                           params + [1_000_000], "reading the change log")
+        keep = zero_dates_kept(self.url)
+        decoders: dict[str, tuple] = {}
+        found: dict[tuple[TableId, tuple], None] = {}
+        for tbl, before, after in rows:
+            if tbl not in decoders:
+                info = self.describe(TableId.parse(tbl))
+                key = info.primary_key if info else ()
+                decoders[tbl] = (key, image_decoders(CapturedTable(info, key), keep)) if info else ((), {})
+            key, decode = decoders[tbl]
+            for text in (before, after):
+                image = decode_image(text, decode) if text else None
+                if image is not None:
+                    found[(TableId.parse(tbl), tuple(image.get(c) for c in key))] = None  # before and after: once
+        return list(found)
 
     def load_snapshot_progress(self, pipeline: str, table: str) -> SnapshotProgress | None:
         if not self._has("tiersync_snapshot"):

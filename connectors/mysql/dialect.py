@@ -343,3 +343,49 @@ def existing_keys_sql(table: TableId, key: tuple[str, ...], count: int) -> str:
 
 def count_sql(table: TableId, where: str | None) -> str:
     return f"SELECT count(*) FROM {qualified(table)}" + (f" WHERE ({where})" if where else "")
+
+
+def rows_by_key_sql(table: TableInfo, key: tuple[str, ...], count: int) -> str:
+    """The rows with these keys, as the same JSON images the capture triggers write."""
+    cols = ", ".join(f"t.{quote(c)}" for c in key)
+    if len(key) == 1:
+        condition = f"{cols} IN ({', '.join('%s' for _ in range(count))})"
+    else:
+        row = "(" + ", ".join("%s" for _ in key) + ")"
+        condition = f"({cols}) IN ({', '.join(row for _ in range(count))})"
+    return f"SELECT {image_sql(table.columns, 't')} FROM {qualified(table.id)} t WHERE {condition}"
+
+
+# ---------------------------------------------------------------- reconcile (the checksum SQL: reconcile_sql.py)
+
+RECONCILE_RUN_DDL = """CREATE TABLE IF NOT EXISTS tiersync_reconcile_run (
+    id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    pipeline VARCHAR(191) NOT NULL,
+    source_table VARCHAR(255) NOT NULL,
+    started_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    finished_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    run_by VARCHAR(255) NOT NULL,
+    mode VARCHAR(32) NOT NULL,
+    result VARCHAR(32) NOT NULL,
+    missing BIGINT NOT NULL,
+    extra BIGINT NOT NULL,
+    different BIGINT NOT NULL,
+    in_flight BIGINT NOT NULL,
+    repaired LONGTEXT,
+    report LONGTEXT,
+    KEY tiersync_reconcile_run_pipeline (pipeline, id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"""
+RECONCILE_RUN_COLUMNS = ("pipeline", "source_table", "started_at", "run_by", "mode", "result", "missing", "extra",
+                         "different", "in_flight", "repaired", "report")
+SAVE_RECONCILE_RUN_SQL = (f"INSERT INTO tiersync_reconcile_run ({', '.join(RECONCILE_RUN_COLUMNS)}) "
+                          f"VALUES ({', '.join('%s' for _ in RECONCILE_RUN_COLUMNS)})")
+RECONCILE_RUNS_SQL = (f"SELECT id, finished_at, {', '.join(c for c in RECONCILE_RUN_COLUMNS if c != 'report')} "
+                      f"FROM tiersync_reconcile_run WHERE pipeline = %s ORDER BY id DESC LIMIT %s")
+
+
+def unapplied_sql(tables: int, gaps: int, with_head: bool) -> str:
+    """Change-log rows of ``tables`` a position has not delivered (above ``high`` or in its open gaps), with their
+    images; with a head, only ids up to it (every change committed when the head was read has an id up to it)."""
+    head = " AND id <= %s" if with_head else ""
+    return (f"SELECT tbl, `before`, `after` FROM {CHANGE_LOG} WHERE ({_unread(gaps)}) "
+            f"AND tbl IN ({', '.join('%s' for _ in range(tables))}){head} ORDER BY id LIMIT %s")
