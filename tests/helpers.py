@@ -122,3 +122,23 @@ def kill_9_rounds(config: Path, log: Path, restart, rounds: int = 8, restart_rou
             time.sleep(chance.uniform(0.5, 1.0))
         engine.kill()  # SIGKILL: no clean shutdown
         engine.wait()
+
+
+def kill_9_during_load(config: Path, target: str, log: Path, rounds: int, step: int) -> None:
+    """Kill -9 the engine ``rounds`` times during a pipeline's initial load into PostgreSQL ``target``, each time
+    once the load has copied ``step`` more rows; each kill must leave the load unfinished and further along."""
+    copied = 0
+    for _ in range(rounds):
+        engine = spawn_engine(config, log=log)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            progress = pg_rows(target, "SELECT rows, done FROM tiersync.tiersync_snapshot") \
+                if pg_rows(target, "SELECT to_regclass('tiersync.tiersync_snapshot')")[0][0] else []
+            if progress and progress[0][0] >= copied + step:
+                break
+            time.sleep(0.01)
+        engine.kill()
+        engine.wait()
+        [(rows, done)] = pg_rows(target, "SELECT rows, done FROM tiersync.tiersync_snapshot")
+        assert not done and rows > copied, "the load was not interrupted in the middle"
+        copied = rows
