@@ -7,8 +7,10 @@ event written.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import struct
 from datetime import date, datetime, time, timezone
 from decimal import Decimal
 from functools import lru_cache
@@ -148,3 +150,33 @@ def to_union(value: Any) -> Any:
 def from_union(datum: Any) -> Any:
     """The Python value of a :func:`value_union` datum read with ``return_record_name=True``."""
     return _decode_value({"v": datum})
+
+
+# ------------------------------------------------------------------ registry ids and the Confluent wire format
+
+def canonical(schema: dict) -> str:
+    """A schema's canonical text (sorted keys, no spaces): what its registry id is computed from."""
+    return json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def schema_id(schema: dict) -> int:
+    """A registry id for a schema: 31 bits of the SHA-256 of its canonical text (the same id on every producer)."""
+    return int.from_bytes(hashlib.sha256(canonical(schema).encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def wire_encode(sid: int, parsed, record: dict) -> bytes:
+    """A message in the Confluent wire format: byte 0, the 4-byte big-endian schema id, then the Avro body."""
+    import fastavro
+
+    buffer = io.BytesIO()
+    buffer.write(struct.pack(">bI", 0, sid))
+    fastavro.schemaless_writer(buffer, parsed, record)
+    return buffer.getvalue()
+
+
+def wire_split(data: bytes) -> tuple[int, io.BytesIO]:
+    """The schema id and the Avro body of a Confluent wire-format message; ValueError says why it is not one."""
+    if len(data) < 5 or data[0] != 0:
+        first = f"0x{data[0]:02x}" if data else "nothing"
+        raise ValueError(f"bad magic byte {first}: not the Confluent wire format (byte 0, 4-byte schema id)")
+    return struct.unpack(">I", data[1:5])[0], io.BytesIO(data[5:])

@@ -16,17 +16,14 @@ body; ids come from a :class:`SchemaRegistry`.
 from __future__ import annotations
 
 import base64
-import hashlib
-import io
 import json
 import re
-import struct
 from datetime import date, datetime, time, timezone
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from .avro import SCHEMA_DIR, _decode_value, _encode_value
+from .avro import SCHEMA_DIR, _decode_value, _encode_value, schema_id, wire_encode, wire_split
 from .event import ChangeEvent, Op, TableId
 from .jsontext import dumps_exact
 
@@ -110,10 +107,16 @@ _FROM_JSON = {
 }
 
 
-def _source(event: ChangeEvent, ts: int) -> dict:
-    return {"version": "tiersync", "connector": "tiersync", "name": event.source_node, "ts_ms": ts,
+def source_block(event: ChangeEvent, ts: int, node: str = "") -> dict:
+    """Debezium's ``source`` block of an envelope; ``node`` names the source when the event does not."""
+    return {"version": "tiersync", "connector": "tiersync", "name": event.source_node or node, "ts_ms": ts,
             "snapshot": "true" if event.snapshot else "false", "db": event.source_database,
             "schema": event.table.schema, "table": event.table.name, "txId": event.txid, "seq": event.seq}
+
+
+def timestamp_ms(event: ChangeEvent) -> int:
+    """When the change was captured (now if unknown), in milliseconds since the epoch: the envelope's ``ts_ms``."""
+    return int((event.captured_at or datetime.now(timezone.utc)).timestamp() * 1000)
 
 
 def to_json(event: ChangeEvent) -> bytes:
@@ -131,9 +134,9 @@ def to_json(event: ChangeEvent) -> bytes:
             out[column] = value
         return out
 
-    ts = int((event.captured_at or datetime.now(timezone.utc)).timestamp() * 1000)
+    ts = timestamp_ms(event)
     doc = {"before": image("before", event.before), "after": image("after", event.after),
-           "source": _source(event, ts), "op": event.op.value, "ts_ms": ts,
+           "source": source_block(event, ts), "op": event.op.value, "ts_ms": ts,
            "transaction": None if event.txid is None else {"id": str(event.txid), "total_order": event.seq,
                                                             "data_collection_order": event.seq},
            "origin": event.origin, "path": list(event.path), "key": image("key", dict(enumerate(event.key))),
@@ -196,12 +199,6 @@ def table_schema(topic: str, columns: list[str]) -> dict:
     ]}
 
 
-def schema_id(schema: dict) -> int:
-    """A registry id for a schema: 31 bits of the SHA-256 of its text (the same schema, the same id anywhere)."""
-    text = json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") & 0x7FFFFFFF
-
-
 class SchemaRegistry:
     """Schemas by id; ``publish`` makes a new one known to readers (e.g. on a Kafka topic)."""
 
@@ -243,8 +240,6 @@ class AvroTopicWriter:
         self.sid: int | None = None
 
     def encode(self, event: ChangeEvent) -> bytes:
-        import fastavro
-
         new = [c for row in (event.before, event.after) if row for c in row if c not in self.columns]
         if new or self.sid is None:
             self.columns += list(dict.fromkeys(new))
@@ -261,24 +256,18 @@ class AvroTopicWriter:
                                    for c, e in names})
         record = {
             "before": image(event.before), "after": image(event.after),
-            "source": {**_source(event, 0), "version": "tiersync", "sequence": None,
-                       "ts_ms": int((event.captured_at or datetime.now(timezone.utc)).timestamp() * 1000)},
+            "source": {**source_block(event, timestamp_ms(event)), "sequence": None},
             "op": event.op.value, "ts_ms": None, "transaction": None, "origin": event.origin,
             "path": list(event.path), "key": [_encode_value(v) for v in event.key]}
-        buffer = io.BytesIO()
-        buffer.write(struct.pack(">bI", 0, self.sid))
-        fastavro.schemaless_writer(buffer, self.registry.parsed(self.sid), record)
-        return buffer.getvalue()
+        return wire_encode(self.sid, self.registry.parsed(self.sid), record)
 
 
 def from_avro(data: bytes, registry: SchemaRegistry) -> ChangeEvent:
     import fastavro
 
-    magic, sid = struct.unpack(">bI", data[:5])
-    if magic != 0:
-        raise ValueError(f"not the Confluent wire format (magic byte {magic})")
+    sid, body = wire_split(data)
     schema = registry.parsed(sid)
-    record = fastavro.schemaless_reader(io.BytesIO(data[5:]), schema, schema, return_record_name=True)
+    record = fastavro.schemaless_reader(body, schema, schema, return_record_name=True)
 
     def image(row):
         if row is None:

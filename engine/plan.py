@@ -38,6 +38,17 @@ class PipelinePlan:
         self.source.close()
         self.target.close()
 
+    def selected(self, tables: list[str] | None) -> list[CapturedTable]:
+        """The captured tables named in ``tables`` (all of them for None); a name the pipeline does not
+        capture is a ConfigError that lists the ones it does."""
+        wanted = {self.source.qualify(t) for t in tables} if tables else None
+        chosen = [t for t in self.captured if wanted is None or t.info.id in wanted]
+        if wanted is not None and len(chosen) != len(wanted):
+            known = ", ".join(str(t.info.id) for t in self.captured)
+            raise ConfigError([f"pipeline {self.config.name} does not capture "
+                               f"{', '.join(map(str, sorted(wanted)))}; its tables: {known}"])
+        return chosen
+
     def newer_wins(self) -> dict[TableId, str]:
         """Target tables whose mapping has conflict: newer_wins, with their commit-time column."""
         out = {}

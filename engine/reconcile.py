@@ -403,12 +403,7 @@ class Reconciler:
                  fence_timeout: float = 60.0, fence_poll: float = 0.2):
         self.plan = plan
         self.name = plan.config.name
-        wanted = {plan.source.qualify(t) for t in tables} if tables else None
-        self.tables = [t for t in plan.captured if wanted is None or t.info.id in wanted]
-        if wanted is not None and len(self.tables) != len(wanted):
-            known = ", ".join(str(t.info.id) for t in plan.captured)
-            raise ConfigError([f"pipeline {self.name} does not capture {', '.join(map(str, sorted(wanted)))}; "
-                               f"its tables: {known}"])
+        self.tables = plan.selected(tables)
         self.where = where
         self.target_where = target_where if target_where is not None else where
         self.on_progress = on_progress or (lambda stage, done, total: None)

@@ -47,12 +47,7 @@ class Snapshot:
                  stop: threading.Event | None = None, resume_only: bool = False):
         self.plan = plan
         self.name = plan.config.name
-        wanted = {plan.source.qualify(t) for t in tables} if tables else None
-        self.tables = [t for t in plan.captured if wanted is None or t.info.id in wanted]
-        if wanted is not None and len(self.tables) != len(wanted):
-            known = ", ".join(str(t.info.id) for t in plan.captured)
-            raise ConfigError([f"pipeline {self.name} does not capture {', '.join(map(str, wanted))}; "
-                               f"its tables: {known}"])
+        self.tables = plan.selected(tables)
         self.where = where
         self.chunk_rows = chunk_rows
         self.on_progress = on_progress or (lambda table, rows, total: None)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import random
+import socket
+import sqlite3
+import time
 from pathlib import Path
 
 import yaml
@@ -31,3 +35,40 @@ def inbox_in(exchange_db: str, database: str, table: str, to: str, columns: dict
         mapping["drop"] = drop
     return {"name": name or f"{table}-in", "source": {"database": exchange_db, "capture": "inbox", "tables": [table]},
             "target": {"database": database}, "poll_interval": 0.1, "mappings": [mapping], **extra}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sqlite_db(path, *ddl) -> str:
+    """A SQLite database at ``path`` with ``ddl`` run in it; its URL."""
+    with sqlite3.connect(path) as conn:
+        for statement in ddl:
+            conn.execute(statement)
+    return f"sqlite:///{path}"
+
+
+def q(path, sql, params=()) -> list[tuple]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def kill_9_both_sides(sender: Path, receiver: Path, logs: Path, rounds: int, seed: int, run_for: tuple[float, float],
+                      both: float, gap: float) -> None:
+    """Run both nodes' engines and kill -9 them at random points, ``rounds`` times: after ``run_for`` seconds
+    (uniform), both at once (chance ``both``) or one of them, then the other up to ``gap`` seconds later."""
+    from tests.helpers import spawn_engine
+
+    chance = random.Random(seed)
+    for _ in range(rounds):
+        engines = [spawn_engine(sender, log=logs / "county.log"), spawn_engine(receiver, log=logs / "city.log")]
+        time.sleep(chance.uniform(*run_for))
+        for engine in (engines if chance.random() < both else [chance.choice(engines)]):
+            engine.kill()  # SIGKILL, mid-batch or mid-delivery
+        time.sleep(chance.uniform(0, gap))
+        for engine in engines:
+            engine.kill()
+            engine.wait()

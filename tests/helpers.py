@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import yaml
@@ -66,3 +68,77 @@ def pg_exec(url: str, *statements: str) -> None:
 
 def as_json(value) -> str:
     return json.dumps(value, sort_keys=True, default=str)
+
+
+# ------------------------------------------------------------------ one table replicated twice: mirror and history
+
+def mirror_and_history(mirror_mappings: list[dict] | None = None) -> list[dict]:
+    """Table ``item`` of database ``src`` replicated twice into ``dst``: mirrored (pipeline ``mirror``), and appended
+    as history to ``item_history`` with op, capture time and change sequence (pipeline ``history``), which shows
+    every change once."""
+    mirror = {"name": "mirror", "source": {"database": "src", "tables": ["item"]}, "target": {"database": "dst"},
+              "batch_size": 37, "poll_interval": 0.05}
+    if mirror_mappings:
+        mirror["mappings"] = mirror_mappings
+    return [mirror,
+            {"name": "history", "source": {"database": "src", "tables": ["item"]},
+             "target": {"database": "dst", "mode": "append"}, "batch_size": 53, "poll_interval": 0.05,
+             "mappings": [{"source": "item", "target": "item_history",
+                           "metadata": {"op": "change_op", "captured_at": "captured_at", "seq": "change_seq"}}]}]
+
+
+def install_triggers(config: Path, *pipelines: str) -> None:
+    for name in pipelines:
+        cli("triggers", "install", "--config", str(config), "--pipeline", name)
+
+
+# the test's own witness of every committed change-log row of a PostgreSQL source, kept after tiersync purges the log
+AUDIT_DDL = [
+    "CREATE TABLE committed_change (id bigint PRIMARY KEY)",
+    """CREATE FUNCTION witness() RETURNS trigger LANGUAGE plpgsql AS $$
+       BEGIN INSERT INTO committed_change VALUES (NEW.id); RETURN NULL; END $$""",
+    "CREATE TRIGGER witness AFTER INSERT ON tiersync.tiersync_change_log FOR EACH ROW EXECUTE FUNCTION witness()",
+]
+
+
+def assert_mirror_and_history(source: str, target: str, target_rows=pg_rows) -> None:
+    """PostgreSQL ``source``'s ``item`` is mirrored exactly, and the history holds every committed change once."""
+    assert pg_rows(source, "SELECT * FROM item ORDER BY id") == target_rows(target, "SELECT * FROM item ORDER BY id")
+    history = [r[0] for r in target_rows(target, "SELECT change_seq FROM item_history ORDER BY change_seq")]
+    committed = [r[0] for r in pg_rows(source, "SELECT id FROM committed_change ORDER BY id")]
+    assert len(history) == len(set(history)), "a change was applied twice"
+    assert history == committed
+
+
+def kill_9_rounds(config: Path, log: Path, restart, rounds: int = 8, restart_round: int = 3) -> None:
+    """Start the engine and kill -9 it at random points, ``rounds`` times; in round ``restart_round`` the
+    ``restart`` callable (a database restart) runs under the running engine, which must retry and resume."""
+    chance = random.Random(7)
+    for round_ in range(rounds):
+        engine = spawn_engine(config, log=log)
+        time.sleep(chance.uniform(0.3, 1.5))
+        if round_ == restart_round:
+            restart()
+            time.sleep(chance.uniform(0.5, 1.0))
+        engine.kill()  # SIGKILL: no clean shutdown
+        engine.wait()
+
+
+def kill_9_during_load(config: Path, target: str, log: Path, rounds: int, step: int) -> None:
+    """Kill -9 the engine ``rounds`` times during a pipeline's initial load into PostgreSQL ``target``, each time
+    once the load has copied ``step`` more rows; each kill must leave the load unfinished and further along."""
+    copied = 0
+    for _ in range(rounds):
+        engine = spawn_engine(config, log=log)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            progress = pg_rows(target, "SELECT rows, done FROM tiersync.tiersync_snapshot") \
+                if pg_rows(target, "SELECT to_regclass('tiersync.tiersync_snapshot')")[0][0] else []
+            if progress and progress[0][0] >= copied + step:
+                break
+            time.sleep(0.01)
+        engine.kill()
+        engine.wait()
+        [(rows, done)] = pg_rows(target, "SELECT rows, done FROM tiersync.tiersync_snapshot")
+        assert not done and rows > copied, "the load was not interrupted in the middle"
+        copied = rows

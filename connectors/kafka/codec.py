@@ -12,14 +12,14 @@ source had. Avro: byte 0, the 4-byte big-endian schema id, then the record
 from __future__ import annotations
 
 import base64
-import io
 import json
-import struct
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
+from engine.avro import wire_encode, wire_split
+from engine.debezium import source_block, timestamp_ms
 from engine.event import ChangeEvent, Op, TableId
 from engine.jsontext import dumps_exact
 
@@ -99,16 +99,6 @@ def _json_unimage(image: dict | None, kinds: dict) -> dict | None:
 
 # ---------------------------------------------------------------------- the envelope
 
-def source_block(event: ChangeEvent, node: str, ts: int) -> dict:
-    return {"version": "tiersync", "connector": "tiersync", "name": event.source_node or node, "ts_ms": ts,
-            "snapshot": "true" if event.snapshot else "false", "db": event.source_database,
-            "schema": event.table.schema, "table": event.table.name, "txId": event.txid, "seq": event.seq}
-
-
-def timestamp_ms(event: ChangeEvent) -> int:
-    return int((event.captured_at or datetime.now(timezone.utc)).timestamp() * 1000)
-
-
 class Codec:
     """Encodes and decodes envelopes in one format; Avro schemas come from (and go to) ``registry``."""
 
@@ -125,15 +115,13 @@ class Codec:
             return self._encode_avro(op, before, after, event, node, path, ts, schema)
         kinds: dict[str, str] = {}
         doc = {"before": _json_image(before, kinds), "after": _json_image(after, kinds),
-               "source": source_block(event, node, ts), "op": op, "ts_ms": ts, "origin": event.origin or node,
+               "source": source_block(event, ts, node), "op": op, "ts_ms": ts, "origin": event.origin or node,
                "path": path}
         if kinds:
             doc["types"] = kinds
         return _ENCODER.encode(doc).encode()
 
     def _encode_avro(self, op, before, after, event, node, path, ts, schema: ParsedSchema) -> bytes:
-        import fastavro
-
         names, encoders = schema.avro_names, schema.encoders
         image = after if after is not None else before
 
@@ -144,14 +132,11 @@ class Codec:
                     {names[c]: v if v is None or (e := encoders.get(c)) is None else e(v) for c, v in row.items()})
         record = {
             "before": fields(before), "after": fields(after),
-            "source": source_block(event, node, ts), "op": op, "ts_ms": ts, "origin": event.origin or node,
+            "source": source_block(event, ts, node), "op": op, "ts_ms": ts, "origin": event.origin or node,
             "path": path,
             "absent": [] if image is None or len(image) >= len(names) else [c for c in names if c not in image],
         }
-        buffer = io.BytesIO()
-        buffer.write(b"\x00" + struct.pack(">I", schema.id))
-        fastavro.schemaless_writer(buffer, schema.parsed, record)
-        return buffer.getvalue()
+        return wire_encode(schema.id, schema.parsed, record)
 
     # ------------------------------------------------------------ decode
 
@@ -190,15 +175,15 @@ class Codec:
     def _decode_avro(self, data: bytes):
         import fastavro
 
-        if len(data) < 5 or data[0] != 0:
-            first = f"0x{data[0]:02x}" if data else "nothing"
-            raise BadMessage(f"bad magic byte {first}: not the Confluent wire format (byte 0, 4-byte schema id)")
-        (id_,) = struct.unpack(">I", data[1:5])
+        try:
+            id_, body = wire_split(data)
+        except ValueError as exc:
+            raise BadMessage(str(exc)) from None
         schema = self.registry.by_id(id_)
         if schema is None:
             raise BadMessage(f"unknown schema id {id_}: not in the schema registry")
         try:
-            record = fastavro.schemaless_reader(io.BytesIO(data[5:]), schema.parsed, None,
+            record = fastavro.schemaless_reader(body, schema.parsed, None,
                                                 return_record_name=schema.named_unions,
                                                 return_record_name_override=schema.named_unions)
         except Exception as exc:  # noqa: BLE001 - fastavro raises many kinds on a corrupt body

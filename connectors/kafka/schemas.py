@@ -16,7 +16,6 @@ text: every producer computes the same id without coordination.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import threading
@@ -24,7 +23,7 @@ from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from uuid import UUID
 
-from engine.avro import from_union, to_union, value_union
+from engine.avro import canonical, from_union, schema_id, to_union, value_union
 from engine.errors import TerminalError, TransientError
 from engine.event import TableId
 from engine.jsontext import dumps_exact
@@ -172,14 +171,6 @@ def table_schema(topic: str, table: TableInfo, kinds: dict[str, str] | None = No
              "doc": "columns left out of the images (e.g. unchanged TOAST values): the target keeps its value"},
         ],
     }
-
-
-def canonical(schema: dict) -> str:
-    return json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def schema_id(schema: dict) -> int:
-    return int.from_bytes(hashlib.sha256(canonical(schema).encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
 def value_record(schema: dict) -> dict:

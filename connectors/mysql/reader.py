@@ -27,6 +27,7 @@ from decimal import Decimal
 import pymysql
 
 from engine.event import ChangeEvent, Op
+from engine.jsontext import decode_row
 from engine.seams import CapturedTable, ReadBatch, Reader
 
 from . import dialect
@@ -64,18 +65,13 @@ def image_decoders(table: CapturedTable, keep_zero_dates: bool) -> dict:
     return decoders
 
 
+def _integral(number: Decimal) -> int | Decimal:
+    """A number in a column without a decoder (an integer "-0" …): an int where it is whole."""
+    return int(number) if number == number.to_integral_value() else number
+
+
 def decode_image(text: str | None, decoders: dict):
-    image = parse_image(text)
-    if image is None:
-        return None
-    for column, value in image.items():
-        if value is not None:
-            decode = decoders.get(column)
-            if decode is not None:
-                image[column] = decode(value)
-            elif isinstance(value, Decimal):  # a number in a column without a decoder (an integer "-0" …)
-                image[column] = int(value) if value == value.to_integral_value() else value
-    return image
+    return decode_row(parse_image(text), decoders, _integral)
 
 
 class _Generation:

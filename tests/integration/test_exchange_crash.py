@@ -10,8 +10,8 @@ import time
 import psycopg
 import pytest
 
-from tests.exchange_nodes import capture_out, inbox_in, node_file
-from tests.helpers import cli, pg_exec, pg_rows, run_once, spawn_engine
+from tests.exchange_nodes import capture_out, inbox_in, kill_9_both_sides, node_file
+from tests.helpers import cli, pg_exec, pg_rows, run_once
 
 pytestmark = pytest.mark.postgres
 
@@ -87,18 +87,8 @@ def test_kill_9_of_sender_and_receiver_loses_and_doubles_nothing(county_city, tm
     county, city, county_biz, city_biz = county_city
     workload = Workload(county_biz, seed=61)
     workload.start()
-    chance = random.Random(6)
     try:
-        for _ in range(6):
-            engines = [spawn_engine(county, log=tmp_path / "county.log"), spawn_engine(city, log=tmp_path / "city.log")]
-            time.sleep(chance.uniform(0.5, 2.0))
-            victims = engines if chance.random() < 0.5 else [chance.choice(engines)]
-            for engine in victims:
-                engine.kill()  # SIGKILL, mid-batch or mid-delivery
-            time.sleep(chance.uniform(0, 0.5))
-            for engine in engines:
-                engine.kill()
-                engine.wait()
+        kill_9_both_sides(county, city, tmp_path, rounds=6, seed=6, run_for=(0.5, 2.0), both=0.5, gap=0.5)
     finally:
         workload.stop.set()
         workload.join(10)

@@ -4,25 +4,13 @@ from __future__ import annotations
 
 import sqlite3
 
-from tests.exchange_nodes import capture_out, inbox_in, node_file
+from tests.exchange_nodes import capture_out, inbox_in, node_file, q, sqlite_db
 from tests.helpers import cli, run_once
 
 ENTERPRISE = "CREATE TABLE enterprise (id INTEGER PRIMARY KEY, name TEXT, region TEXT)"
 QY = "CREATE TABLE qy_jbxx (qyid INTEGER PRIMARY KEY, qymc TEXT, xzqh TEXT, sjly TEXT)"
 UP_COLUMNS = {"id": "qyid", "name": "qymc", "region": "xzqh"}
 DOWN_COLUMNS = {"qyid": "id", "qymc": "name", "xzqh": "region"}
-
-
-def sqlite_db(path, *ddl):
-    with sqlite3.connect(path) as conn:
-        for statement in ddl:
-            conn.execute(statement)
-    return f"sqlite:///{path}"
-
-
-def q(path, sql, params=()):
-    with sqlite3.connect(path) as conn:
-        return conn.execute(sql, params).fetchall()
 
 
 def two_nodes(tmp_path):

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 import sqlite3
 import time
 
 import pytest
 
-from tests.exchange_nodes import capture_out, inbox_in, node_file
+from tests.exchange_nodes import capture_out, free_port, inbox_in, node_file, q, sqlite_db
 from tests.helpers import cli, pg_exec, pg_rows, spawn_engine
 
 pytestmark = pytest.mark.postgres
@@ -25,24 +24,6 @@ QY_UP = {"key": ["qyid"], "up": True}
 ZF_DOWN = {"key": ["id"], "down": True, "down_match": "xzqh"}
 TABLES = {"qy_jbxx": QY_UP, "zf_jg": ZF_DOWN}
 COUNTY_COLUMNS = {"id": "qyid", "name": "qymc", "region": "xzqh"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def sqlite_db(path, *ddl):
-    with sqlite3.connect(path) as conn:
-        for statement in ddl:
-            conn.execute(statement)
-    return f"sqlite:///{path}"
-
-
-def sq(path, sql, params=()):
-    with sqlite3.connect(path) as conn:
-        return conn.execute(sql, params).fetchall()
 
 
 def sq_exec(path, sql, rows=None):
@@ -142,19 +123,19 @@ def test_four_tiers_up_down_and_no_loops(network):
     engines = {name: spawn_engine(path, log=tmp / f"{name}.log") for name, path in nodes.items()}
     try:
         def expected_enterprises():
-            return sorted(sq(tmp / "a.db", "SELECT id, name, region FROM enterprise") +
-                          sq(tmp / "b.db", "SELECT id, name, region FROM enterprise") + [(5001, "市属企业", "110100")])
+            return sorted(q(tmp / "a.db", "SELECT id, name, region FROM enterprise") +
+                          q(tmp / "b.db", "SELECT id, name, region FROM enterprise") + [(5001, "市属企业", "110100")])
 
         def converged():
             want = expected_enterprises()
             assert [tuple(r) for r in pg_rows(pg["nbiz"], "SELECT qyid, qymc, xzqh FROM qy_jbxx ORDER BY 1")] == want
-            assert sq(tmp / "prov.db", "SELECT id, mc, dq FROM qy ORDER BY 1") == want
+            assert q(tmp / "prov.db", "SELECT id, mc, dq FROM qy ORDER BY 1") == want
             city_want = [r for r in want if r[0] != 5001] + [(5001, "市属企业", "110100")]
             assert sorted(pg_rows(pg["cbiz"], "SELECT qyid, qymc, xzqh FROM qy_jbxx")) == sorted(city_want)
             feedback = pg_rows(pg["nbiz"], "SELECT id, xzqh, result FROM feedback ORDER BY id")
-            assert sq(tmp / "a.db", "SELECT id, region, result FROM feedback ORDER BY id") == [
+            assert q(tmp / "a.db", "SELECT id, region, result FROM feedback ORDER BY id") == [
                 r for r in feedback if r[1] == "110101"]
-            assert sq(tmp / "b.db", "SELECT id, region, result FROM feedback ORDER BY id") == [
+            assert q(tmp / "b.db", "SELECT id, region, result FROM feedback ORDER BY id") == [
                 r for r in feedback if r[1] == "110102"]
             assert pg_rows(pg["cbiz"], "SELECT id, xzqh, jg FROM zf_jg ORDER BY id") == [
                 r for r in feedback if r[1].startswith("1101")]
@@ -178,14 +159,14 @@ def test_four_tiers_up_down_and_no_loops(network):
         for engine in engines.values():
             engine.wait(30)
     # nothing looped: each county queued exactly its own changes; national queued only its feedback
-    assert sq(tmp / "a-x.db", "SELECT DISTINCT link FROM tiersync_outbox") == [(ids["city"],)]
-    assert sq(tmp / "a-x.db", "SELECT count(*) FROM tiersync_trace WHERE status = 'forwarded' AND node = ?",
-              (ids["a"],)) == [(0,)]  # the county relayed nothing (the feedback it applied stayed there)
+    assert q(tmp / "a-x.db", "SELECT DISTINCT link FROM tiersync_outbox") == [(ids["city"],)]
+    assert q(tmp / "a-x.db", "SELECT count(*) FROM tiersync_trace WHERE status = 'forwarded' AND node = ?",
+             (ids["a"],)) == [(0,)]  # the county relayed nothing (the feedback it applied stayed there)
     assert pg_rows(pg["nx"], "SELECT link, sum(events) FROM tiersync.tiersync_outbox GROUP BY link ORDER BY link") == [
         (ids["prov"], 5), ("province-120000", 1)]  # national's own feedback only, each row to its own province
     assert pg_rows(pg["cx"], "SELECT link FROM tiersync.tiersync_outbox GROUP BY link ORDER BY link") == [
         (ids["a"],), (ids["b"],), (ids["prov"],)]
-    assert sq(tmp / "tianjin-x.db", "SELECT sender, events FROM tiersync_inbox") == [(ids["nat"], 1)]
+    assert q(tmp / "tianjin-x.db", "SELECT sender, events FROM tiersync_inbox") == [(ids["nat"], 1)]
     for name in nodes:
         log = (tmp / f"{name}.log").read_text()
         assert "Traceback" not in log and "stopped" not in log, log

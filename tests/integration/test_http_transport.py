@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import socket
 import sqlite3
 import threading
 import time
@@ -15,29 +14,11 @@ import pytest
 
 from engine.batchcodec import encode_batch
 from engine.event import ChangeEvent, Op, TableId
-from tests.exchange_nodes import capture_out, inbox_in, node_file
+from tests.exchange_nodes import capture_out, free_port, inbox_in, kill_9_both_sides, node_file, q, sqlite_db
 from tests.helpers import cli, spawn_engine
 from transports.http import BATCH_PATH, HEADERS, signature
 
 KEY = "per-link secret 县-市"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def sqlite_db(path, *ddl):
-    with sqlite3.connect(path) as conn:
-        for statement in ddl:
-            conn.execute(statement)
-    return f"sqlite:///{path}"
-
-
-def q(path, sql, params=()):
-    with sqlite3.connect(path) as conn:
-        return conn.execute(sql, params).fetchall()
 
 
 @pytest.fixture
@@ -176,17 +157,8 @@ def test_kill_9_of_either_side_over_http_loses_and_doubles_nothing(county_city):
     county, city, url, tmp = county_city
     workload = Workload(tmp / "county.db", 9)
     workload.start()
-    chance = random.Random(3)
     try:
-        for _ in range(6):
-            engines = [spawn_engine(county, log=tmp / "county.log"), spawn_engine(city, log=tmp / "city.log")]
-            time.sleep(chance.uniform(0.7, 2.0))
-            for engine in (engines if chance.random() < 0.4 else [chance.choice(engines)]):
-                engine.kill()
-            time.sleep(chance.uniform(0, 0.7))
-            for engine in engines:
-                engine.kill()
-                engine.wait()
+        kill_9_both_sides(county, city, tmp, rounds=6, seed=3, run_for=(0.7, 2.0), both=0.4, gap=0.7)
     finally:
         workload.stop.set()
         workload.join(10)

@@ -169,8 +169,9 @@ def test_corrupt_messages_go_to_dead_letters_with_a_reason(tmp_path, pg_database
 
 # ---------------------------------------------------------------------- crashes
 
-from tests.integration.test_postgres_crash import AUDIT_DDL, HISTORY_DDL, Workload  # noqa: E402
+from tests.helpers import AUDIT_DDL  # noqa: E402
 from tests.integration.test_postgres_crash import DDL as ITEM_DDL  # noqa: E402
+from tests.integration.test_postgres_crash import HISTORY_DDL, Workload  # noqa: E402
 
 
 @pytest.fixture

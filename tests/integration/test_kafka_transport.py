@@ -11,24 +11,12 @@ import time
 import pytest
 
 from engine.debezium import unescape_name
-from tests.exchange_nodes import capture_out, inbox_in, node_file
-from tests.helpers import cli, run_once, spawn_engine
+from tests.exchange_nodes import capture_out, inbox_in, kill_9_both_sides, node_file, q, sqlite_db
+from tests.helpers import cli, run_once
 
 CITY_DDL = ('CREATE TABLE qy (qyid INTEGER PRIMARY KEY, "企业名称" TEXT, zczb NUMERIC, clrq TEXT)',
             'CREATE TABLE qy_history (hid INTEGER PRIMARY KEY, qyid INTEGER, "企业名称" TEXT, zczb NUMERIC, '
             'clrq TEXT, op TEXT, change_seq INTEGER UNIQUE)')
-
-
-def sqlite_db(path, *ddl):
-    with sqlite3.connect(path) as conn:
-        for statement in ddl:
-            conn.execute(statement)
-    return f"sqlite:///{path}"
-
-
-def q(path, sql, params=()):
-    with sqlite3.connect(path) as conn:
-        return conn.execute(sql, params).fetchall()
 
 
 def nodes(tmp_path, broker, fmt: str, tag: str):
@@ -168,18 +156,8 @@ def test_kill_9_of_either_side_over_kafka_loses_and_doubles_nothing(tmp_path, ka
     county, city, _, _ = nodes(tmp_path, kafka_broker, "avro", f"k9{random.randrange(10**6)}")
     workload = Workload(tmp_path / "county.db", 5)
     workload.start()
-    chance = random.Random(11)
     try:
-        for _ in range(5):
-            engines = [spawn_engine(county, log=tmp_path / "county.log"),
-                       spawn_engine(city, log=tmp_path / "city.log")]
-            time.sleep(chance.uniform(1.0, 2.5))
-            for engine in (engines if chance.random() < 0.4 else [chance.choice(engines)]):
-                engine.kill()
-            time.sleep(chance.uniform(0, 0.7))
-            for engine in engines:
-                engine.kill()
-                engine.wait()
+        kill_9_both_sides(county, city, tmp_path, rounds=5, seed=11, run_for=(1.0, 2.5), both=0.4, gap=0.7)
     finally:
         workload.stop.set()
         workload.join(10)

@@ -9,7 +9,16 @@ import time
 import pymysql
 import pytest
 
-from tests.helpers import cli, pg_exec, pg_rows, run_once, spawn_engine, write_node
+from tests.helpers import (
+    cli,
+    install_triggers,
+    kill_9_rounds,
+    mirror_and_history,
+    pg_exec,
+    pg_rows,
+    run_once,
+    write_node,
+)
 from tests.mysql_helpers import my_exec, my_rows
 
 pytestmark = [pytest.mark.postgres, pytest.mark.mariadb]
@@ -41,16 +50,9 @@ def maria_to_pg(tmp_path, maria_databases, pg_databases):
     _, target = pg_databases
     my_exec(source, MY_DDL)
     pg_exec(target, PG_DDL, PG_HISTORY_DDL)
-    config = write_node(tmp_path / "node.yaml", {"src": source, "dst": target}, [
-        {"name": "mirror", "source": {"database": "src", "tables": ["item"]}, "target": {"database": "dst"},
-         "batch_size": 37, "poll_interval": 0.05, "mappings": [{"source": "item", "target": "public.item"}]},
-        {"name": "history", "source": {"database": "src", "tables": ["item"]},
-         "target": {"database": "dst", "mode": "append"}, "batch_size": 53, "poll_interval": 0.05,
-         "mappings": [{"source": "item", "target": "item_history",
-                       "metadata": {"op": "change_op", "captured_at": "captured_at", "seq": "change_seq"}}]},
-    ])
-    for name in ("mirror", "history"):
-        cli("triggers", "install", "--config", str(config), "--pipeline", name)
+    config = write_node(tmp_path / "node.yaml", {"src": source, "dst": target},
+                        mirror_and_history(mirror_mappings=[{"source": "item", "target": "public.item"}]))
+    install_triggers(config, "mirror", "history")
     my_exec(source, *WITNESS_DDL)
     return config, source, target
 
@@ -211,17 +213,8 @@ def test_kill_9_and_a_mariadb_restart_lose_and_double_nothing(maria_to_pg, maria
     workloads = [MariaWorkload(source, seed) for seed in (1, 2, 3)]
     for workload in workloads:
         workload.start()
-    chance = random.Random(7)
-    log = tmp_path / "engine.log"
     try:
-        for round_ in range(8):
-            engine = spawn_engine(config, log=log)
-            time.sleep(chance.uniform(0.3, 1.5))
-            if round_ == 3:  # the source restarts under a running engine; it must retry and resume
-                maria_server.restart()
-                time.sleep(chance.uniform(0.5, 1.0))
-            engine.kill()  # SIGKILL: no clean shutdown
-            engine.wait()
+        kill_9_rounds(config, tmp_path / "engine.log", maria_server.restart)
     finally:
         for workload in workloads:
             workload.stop.set()

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
-from tests.helpers import cli, pg_exec, pg_rows, run_once, spawn_engine, write_node
+from tests.helpers import cli, kill_9_during_load, pg_exec, pg_rows, run_once, write_node
 from tests.mysql_helpers import _connect, my_exec, my_rows
 
 pytestmark = [pytest.mark.postgres, pytest.mark.mariadb]
@@ -78,21 +77,7 @@ def test_kill_9_during_initial_load_from_mariadb_resumes(loaded_maria, tmp_path)
     config, source, target = loaded_maria
     config.write_text(config.read_text().replace("batch_size: 500", "batch_size: 100\n  initial_load: true"))
     cli("triggers", "install", "--config", str(config), "--pipeline", "load")
-    copied = 0
-    for _ in range(2):
-        engine = spawn_engine(config, log=tmp_path / "engine.log")
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            progress = pg_rows(target, "SELECT rows, done FROM tiersync.tiersync_snapshot") \
-                if pg_rows(target, "SELECT to_regclass('tiersync.tiersync_snapshot')")[0][0] else []
-            if progress and progress[0][0] >= copied + 300:
-                break
-            time.sleep(0.01)
-        engine.kill()
-        engine.wait()
-        [(rows, done)] = pg_rows(target, "SELECT rows, done FROM tiersync.tiersync_snapshot")
-        assert not done and rows > copied, "the load was not interrupted in the middle"
-        copied = rows
+    kill_9_during_load(config, target, tmp_path / "engine.log", rounds=2, step=300)
     my_exec(source, "UPDATE item SET qty = -1 WHERE id % 1000 = 0", "DELETE FROM item WHERE id % 999 = 0")
     run_once(config)
     _same(source, target)

@@ -8,8 +8,19 @@ import time
 import psycopg
 import pytest
 
-from tests.helpers import cli, pg_exec, pg_rows, run_once, spawn_engine, write_node
-from tests.integration.test_postgres_crash import AUDIT_DDL, Workload
+from tests.helpers import (
+    AUDIT_DDL,
+    assert_mirror_and_history,
+    cli,
+    install_triggers,
+    mirror_and_history,
+    pg_exec,
+    pg_rows,
+    run_once,
+    spawn_engine,
+    write_node,
+)
+from tests.integration.test_postgres_crash import Workload
 from tests.mysql_helpers import my_exec, my_rows
 
 pytestmark = [pytest.mark.postgres, pytest.mark.mariadb]
@@ -26,26 +37,14 @@ def pg_to_maria(tmp_path, pg_databases, maria_databases):
     target, _ = maria_databases
     pg_exec(source, PG_DDL)
     my_exec(target, MY_DDL, MY_HISTORY_DDL)
-    config = write_node(tmp_path / "node.yaml", {"src": source, "dst": target}, [
-        {"name": "mirror", "source": {"database": "src", "tables": ["item"]}, "target": {"database": "dst"},
-         "batch_size": 37, "poll_interval": 0.05},
-        {"name": "history", "source": {"database": "src", "tables": ["item"]},
-         "target": {"database": "dst", "mode": "append"}, "batch_size": 53, "poll_interval": 0.05,
-         "mappings": [{"source": "item", "target": "item_history",
-                       "metadata": {"op": "change_op", "captured_at": "captured_at", "seq": "change_seq"}}]},
-    ])
-    for name in ("mirror", "history"):
-        cli("triggers", "install", "--config", str(config), "--pipeline", name)
+    config = write_node(tmp_path / "node.yaml", {"src": source, "dst": target}, mirror_and_history())
+    install_triggers(config, "mirror", "history")
     pg_exec(source, *AUDIT_DDL)
     return config, source, target
 
 
 def assert_in_sync(source: str, target: str) -> None:
-    assert pg_rows(source, "SELECT * FROM item ORDER BY id") == my_rows(target, "SELECT * FROM item ORDER BY id")
-    history = [r[0] for r in my_rows(target, "SELECT change_seq FROM item_history ORDER BY change_seq")]
-    committed = [r[0] for r in pg_rows(source, "SELECT id FROM committed_change ORDER BY id")]
-    assert len(history) == len(set(history)), "a change was applied twice"
-    assert history == committed
+    assert_mirror_and_history(source, target, target_rows=my_rows)
 
 
 def test_postgres_to_mariadb_once(pg_to_maria):

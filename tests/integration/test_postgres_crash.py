@@ -9,20 +9,24 @@ import time
 import psycopg
 import pytest
 
-from tests.helpers import cli, pg_exec, pg_rows, run_once, spawn_engine, write_node
+from tests.helpers import (
+    AUDIT_DDL,
+    assert_mirror_and_history,
+    install_triggers,
+    kill_9_rounds,
+    mirror_and_history,
+    pg_exec,
+    pg_rows,
+    run_once,
+    spawn_engine,
+    write_node,
+)
 
 pytestmark = pytest.mark.postgres
 
 DDL = "CREATE TABLE item (id integer PRIMARY KEY, label text NOT NULL, qty integer NOT NULL, note text)"
 HISTORY_DDL = ("CREATE TABLE item_history (hid bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, id integer, "
                "label text, qty integer, note text, change_op text, captured_at timestamptz, change_seq bigint)")
-# the test's own witness of every committed change-log row, kept after tiersync purges the log
-AUDIT_DDL = [
-    "CREATE TABLE committed_change (id bigint PRIMARY KEY)",
-    """CREATE FUNCTION witness() RETURNS trigger LANGUAGE plpgsql AS $$
-       BEGIN INSERT INTO committed_change VALUES (NEW.id); RETURN NULL; END $$""",
-    "CREATE TRIGGER witness AFTER INSERT ON tiersync.tiersync_change_log FOR EACH ROW EXECUTE FUNCTION witness()",
-]
 
 
 @pytest.fixture
@@ -31,27 +35,14 @@ def two_pipelines(tmp_path, pg_databases):
     source, target = pg_databases
     pg_exec(source, DDL)
     pg_exec(target, DDL, HISTORY_DDL)
-    config = write_node(tmp_path / "node.yaml", {"src": source, "dst": target}, [
-        {"name": "mirror", "source": {"database": "src", "tables": ["item"]}, "target": {"database": "dst"},
-         "batch_size": 37, "poll_interval": 0.05},
-        {"name": "history", "source": {"database": "src", "tables": ["item"]},
-         "target": {"database": "dst", "mode": "append"}, "batch_size": 53, "poll_interval": 0.05,
-         "mappings": [{"source": "item", "target": "item_history",
-                       "metadata": {"op": "change_op", "captured_at": "captured_at", "seq": "change_seq"}}]},
-    ])
-    for name in ("mirror", "history"):
-        cli("triggers", "install", "--config", str(config), "--pipeline", name)
+    config = write_node(tmp_path / "node.yaml", {"src": source, "dst": target}, mirror_and_history())
+    install_triggers(config, "mirror", "history")
     pg_exec(source, *AUDIT_DDL)
     return config, source, target
 
 
 def assert_in_sync(source: str, target: str) -> None:
-    assert pg_rows(source, "SELECT * FROM item ORDER BY id") == pg_rows(target, "SELECT * FROM item ORDER BY id")
-    # the history holds every committed change exactly once
-    history = [r[0] for r in pg_rows(target, "SELECT change_seq FROM item_history ORDER BY change_seq")]
-    committed = [r[0] for r in pg_rows(source, "SELECT id FROM committed_change ORDER BY id")]
-    assert len(history) == len(set(history)), "a change was applied twice"
-    assert history == committed
+    assert_mirror_and_history(source, target)
     assert pg_rows(source, "SELECT count(*) FROM tiersync.tiersync_change_log") == [(0,)]
 
 
@@ -155,17 +146,8 @@ def test_kill_9_and_database_restarts_lose_and_double_nothing(two_pipelines, pg_
     config, source, target = two_pipelines
     workload = Workload(source, seed=20261121)
     workload.start()
-    chance = random.Random(7)
-    log = tmp_path / "engine.log"
     try:
-        for round_ in range(8):
-            engine = spawn_engine(config, log=log)
-            time.sleep(chance.uniform(0.3, 1.5))
-            if round_ == 3:  # the databases restart under a running engine; it must retry and resume
-                pg_server.restart()
-                time.sleep(chance.uniform(0.5, 1.0))
-            engine.kill()  # SIGKILL: no clean shutdown
-            engine.wait()
+        kill_9_rounds(config, tmp_path / "engine.log", pg_server.restart)
     finally:
         workload.stop.set()
         workload.join(10)

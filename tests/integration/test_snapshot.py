@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 
 import psycopg
 import pytest
 
-from tests.helpers import cli, pg_exec, pg_rows, run_once, spawn_engine, write_node
+from tests.helpers import cli, kill_9_during_load, pg_exec, pg_rows, run_once, write_node
 
 DDL = "CREATE TABLE item (id integer PRIMARY KEY, label text NOT NULL, qty integer NOT NULL)"
 
@@ -60,21 +59,7 @@ def test_kill_9_during_snapshot_resumes_from_the_last_chunk(loaded_source, tmp_p
     text = config.read_text().replace("batch_size: 500", "batch_size: 150\n  initial_load: true")
     config.write_text(text)
     cli("triggers", "install", "--config", str(config), "--pipeline", "load")
-    copied = 0
-    for _ in range(3):  # kill -9 each time the load has moved on by a few chunks
-        engine = spawn_engine(config, log=tmp_path / "engine.log")
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            progress = pg_rows(target, "SELECT rows, done FROM tiersync.tiersync_snapshot") \
-                if pg_rows(target, "SELECT to_regclass('tiersync.tiersync_snapshot')")[0][0] else []
-            if progress and progress[0][0] >= copied + 600:
-                break
-            time.sleep(0.01)
-        engine.kill()
-        engine.wait()
-        [(rows, done)] = pg_rows(target, "SELECT rows, done FROM tiersync.tiersync_snapshot")
-        assert not done and rows > copied, "the load was not interrupted in the middle"
-        copied = rows
+    kill_9_during_load(config, target, tmp_path / "engine.log", rounds=3, step=600)  # a few chunks each time
     pg_exec(source, "UPDATE item SET qty = -1 WHERE id % 1000 = 0", "DELETE FROM item WHERE id % 999 = 0")
     run_once(config)  # resumes the load (never redoes finished chunks), then streams
     assert pg_rows(source, SAME[0]) == pg_rows(target, SAME[1])
