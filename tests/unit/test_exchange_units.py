@@ -189,7 +189,7 @@ def test_inbox_acknowledgement_runs_while_the_next_read_is_inside_its_statement(
     first = reader.read(1)
     assert [e.key for e in first.events] == [(1,)]
     inside, release = threading.Event(), threading.Event()
-    prefetch = threading.Thread(target=lambda: reader.read(1), name="read-in")
+    prefetch = threading.Thread(target=lambda: reader.read(1), name="read-in", daemon=True)
 
     def hold_the_read():
         if threading.current_thread() is prefetch and not release.is_set():
