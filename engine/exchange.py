@@ -93,7 +93,12 @@ class ExchangeStore:
         self.sql = sql
         self._translate = translate
         self._errors = driver_errors
+        self._connect = connect
         self.conn = connect()
+
+    def another(self) -> ExchangeStore:
+        """A second store on its own connection to the same database (for use from another thread)."""
+        return ExchangeStore(self._connect, self.sql, self._translate, self._errors)
 
     def _run(self, sql: str, params=(), what: str = "using the exchange database"):
         try:
@@ -310,7 +315,13 @@ class OutboxSink:
 # ---------------------------------------------------------------- the receiving side of every transport
 
 class InboxReader(Reader):
-    """Reads received batches, per sender in sequence order, one origin per read (one target transaction)."""
+    """Reads received batches, per sender in sequence order, one origin per read (one target transaction).
+
+    The pipeline reads the next batch on its prefetch thread while it acknowledges the last one, so
+    acknowledgements use a connection of their own: two threads stepping statements on one connection
+    break each other's transactions (an acknowledgement's write would start on the read's stale snapshot,
+    and SQLite reports the other thread's result code as the error: "another row available").
+    """
 
     def __init__(self, store: ExchangeStore, consumer: str, tables: dict[str, TableId], start: str | None,
                  node: str, consumers: list[str], records_apply: bool):
@@ -320,6 +331,7 @@ class InboxReader(Reader):
         self.position: dict[str, list[int]] = self.parse(start) if start else {}
         self._acked: dict[str, int] = {s: p[0] for s, p in self.position.items()}
         self._cache: dict[tuple[str, int], tuple[str, list[ChangeEvent]]] = {}
+        self._ack_store: ExchangeStore | None = None  # opened at the first acknowledgement
 
     @staticmethod
     def parse(text: str) -> dict[str, list[int]]:
@@ -384,13 +396,18 @@ class InboxReader(Reader):
         newly = {s: seq for s, seq in done.items() if seq > self._acked.get(s, 0)}
         if not newly:
             return
-        self.store.consumed(self.consumer, newly, self.consumers)
+        if self._ack_store is None:
+            self._ack_store = self.store.another()
+        self._ack_store.consumed(self.consumer, newly, self.consumers)
         if self.records_apply:
             at = now_text()
             rows = [TraceRow(f"{s}:{self.node}:{seq}", self.node, "applied", at, self.consumer)
                     for s, last in newly.items() for seq in range(self._acked.get(s, 0) + 1, last + 1)]
-            self.store.add_trace(rows)
+            self._ack_store.add_trace(rows)
         self._acked.update(newly)
 
     def close(self) -> None:
+        if self._ack_store is not None:
+            self._ack_store.close()
+            self._ack_store = None
         self.store.close()

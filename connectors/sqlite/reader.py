@@ -38,14 +38,18 @@ class SqliteChangeLogReader(Reader):
         self.decoders = {name: image_decoders(t) for name, t in self.tables.items()}
         self.position = SqliteLogPosition.deserialise(start) if start else SqliteLogPosition()
         self.conn = connect(url)
-        self.database = url
+        self.url = self.database = url
+        # acknowledgements run on the pipeline thread while the next batch is read on its prefetch thread:
+        # one connection stepped by two threads breaks both (see engine.exchange.InboxReader)
+        self._ack_conn: sqlite3.Connection | None = None
         self._execute(dialect.REGISTER_CONSUMER_SQL, (consumer, self.position.last_id, self.tables_json))
 
-    def _execute(self, sql: str, params=()):
+    def _execute(self, sql: str, params=(), conn: sqlite3.Connection | None = None,
+                 what: str = "reading the change log"):
         try:
-            return self.conn.execute(sql, params)
+            return (conn or self.conn).execute(sql, params)
         except sqlite3.Error as exc:
-            raise translate(exc, "reading the change log") from None
+            raise translate(exc, what) from None
 
     def read(self, max_events: int) -> ReadBatch:
         rows = same_origin_prefix(
@@ -65,14 +69,23 @@ class SqliteChangeLogReader(Reader):
 
     def acknowledge(self, position: str) -> None:
         last_id = SqliteLogPosition.deserialise(position).last_id
-        self._execute("BEGIN IMMEDIATE")
+        if self._ack_conn is None:
+            self._ack_conn = connect(self.url)
+        conn, what = self._ack_conn, "acknowledging the change log"
+        self._execute("BEGIN IMMEDIATE", (), conn, what)
         try:
-            self._execute(dialect.UPDATE_CONSUMER_SQL, (last_id, self.consumer))
-            self._execute(dialect.PURGE_SQL, (last_id,))
-            self._execute("COMMIT")
+            self._execute(dialect.UPDATE_CONSUMER_SQL, (last_id, self.consumer), conn, what)
+            self._execute(dialect.PURGE_SQL, (last_id,), conn, what)
+            self._execute("COMMIT", (), conn, what)
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # no transaction left to roll back
             raise
 
     def close(self) -> None:
+        if self._ack_conn is not None:
+            self._ack_conn.close()
+            self._ack_conn = None
         self.conn.close()

@@ -102,3 +102,49 @@ def test_unreachable_database_is_a_clear_error(tmp_path):
         {"name": "p", "source": {"database": "s", "tables": ["t"]}, "target": {"database": "d"}}])
     output = cli("check", "--config", str(missing), expect=2).output
     assert "missing.db does not exist" in output
+
+
+def test_change_log_acknowledgement_runs_while_the_next_read_is_inside_its_statement(tmp_path):
+    """As for the inbox: the pipeline acknowledges on its thread while its prefetch thread reads the next batch."""
+    import threading
+
+    from engine.config import load_config
+    from engine.pipeline import PipelineRunner
+
+    src = make_db(tmp_path / "s.db", "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT)")
+    dst = make_db(tmp_path / "d.db", "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT)")
+    config = write_node(tmp_path / "node.yaml", {"s": src, "d": dst}, [
+        {"name": "p", "source": {"database": "s", "tables": ["t"]}, "target": {"database": "d"}, "batch_size": 2}])
+    cli("triggers", "install", "--config", str(config), "--pipeline", "p")
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        conn.executemany("INSERT INTO t VALUES (?, ?)", [(i, f"名{i}") for i in range(1, 5)])
+    runner = PipelineRunner(load_config(config), "p")
+    runner.open()
+    reader = runner.reader
+    first = reader.read(2)
+    inside, release = threading.Event(), threading.Event()
+    prefetch = threading.Thread(target=lambda: reader.read(2), name="read-p", daemon=True)
+
+    def hold_the_read():
+        if threading.current_thread() is prefetch and not release.is_set():
+            inside.set()
+            release.wait(60)
+        return 0
+    reader.conn.set_progress_handler(hold_the_read, 1)
+    acked = threading.Event()
+
+    def acknowledge():
+        reader.acknowledge(first.position)
+        acked.set()
+    pipeline = threading.Thread(target=acknowledge, daemon=True)
+    prefetch.start()
+    try:
+        assert inside.wait(60), "the read never started its statement"
+        pipeline.start()
+        assert acked.wait(30), "the acknowledgement waited for the read's connection"
+    finally:
+        release.set()
+        prefetch.join(60)
+        pipeline.join(60)
+    runner.close()
+    assert rows(tmp_path / "s.db", "SELECT count(*) FROM tiersync_change_log") == [(2,)]  # the first two purged

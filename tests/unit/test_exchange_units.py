@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from datetime import datetime, timezone
 from decimal import Decimal
 
@@ -171,3 +172,47 @@ def test_outbox_sink_routes_stamps_the_path_and_never_sends_others_changes_as_ne
     assert [e.key for e in sent] == [(1,), (2,), (3,)]
     assert {e.path for e in sent} == {("city-110100",)}
     assert outbox.load_checkpoint("out") == "sqlite:1"  # with the batches, in one transaction
+
+
+def test_inbox_acknowledgement_runs_while_the_next_read_is_inside_its_statement(tmp_path):
+    """The pipeline reads the next batch on its prefetch thread while it acknowledges the last one.
+
+    The read is held inside its SELECT (a SQLite progress handler on the reading connection); the
+    acknowledgement, on the pipeline's thread, must neither wait for it nor run on its connection — one
+    connection stepped by two threads made acknowledgements fail under load ("another row available").
+    """
+    inbox = store(tmp_path)
+    for seq in (1, 2, 3):
+        assert inbox.receive("city-110100", seq, f"city-110100:me:{seq}", encode_batch([event(seq)]), 1, "me")
+    reader = InboxReader(store(tmp_path), "in", {"qy_jbxx": TableId(None, "qy_jbxx")}, None, "me", ["in"],
+                         records_apply=True)
+    first = reader.read(1)
+    assert [e.key for e in first.events] == [(1,)]
+    inside, release = threading.Event(), threading.Event()
+    prefetch = threading.Thread(target=lambda: reader.read(1), name="read-in", daemon=True)
+
+    def hold_the_read():
+        if threading.current_thread() is prefetch and not release.is_set():
+            inside.set()
+            release.wait(60)
+        return 0
+    reader.store.conn.set_progress_handler(hold_the_read, 1)
+    acked = threading.Event()
+
+    def acknowledge():
+        reader.acknowledge(first.position)
+        acked.set()
+    pipeline = threading.Thread(target=acknowledge, daemon=True)
+    prefetch.start()
+    try:
+        assert inside.wait(60), "the read never started its statement"
+        pipeline.start()
+        assert acked.wait(30), "the acknowledgement waited for the read's connection"
+    finally:
+        release.set()
+        prefetch.join(60)
+        pipeline.join(60)
+    assert sqlite3.connect(tmp_path / "x.db").execute("SELECT seq FROM tiersync_inbox").fetchall() == [(2,), (3,)]
+    assert ("city-110100:me:1", "applied") in sqlite3.connect(tmp_path / "x.db").execute(
+        "SELECT batch_id, status FROM tiersync_trace").fetchall()
+    reader.close()
