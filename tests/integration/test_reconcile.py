@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 
 import psycopg
 import pytest
 
 from tests.helpers import cli, pg_exec, pg_rows, run_once, write_node
+from tests.reconcile_helpers import assert_no_false_drift_while_writing, keys, reconcile
 
 SOURCE_DDL = """CREATE TABLE item (
     id integer PRIMARY KEY, label text, price numeric(12,2), ratio double precision, active boolean,
@@ -25,14 +25,6 @@ MAPPING = {"source": "item", "target": "item_copy",
            "columns": {"label": "title", "price": "amount", "qty": {"to": "qty_text", "cast": "text"}}}
 
 
-def reconcile(config, *extra, expect=None):
-    result = cli("reconcile", "--config", str(config), "--pipeline", "p", "--json", "--fence-timeout", "5", *extra,
-                 expect=expect)
-    return json.loads(result.output) if result.output.lstrip().startswith("{") else result
-
-
-def keys(report, kind):
-    return sorted(k[1][0] for k in report["keys"][kind])
 
 
 @pytest.fixture
@@ -146,14 +138,8 @@ def test_bad_input_exits_2_with_a_clear_message(pg_pair):
 def test_no_false_drift_while_replication_runs(pg_pair):
     config, source, target = pg_pair
     cli("triggers", "install", "--config", str(config), "--pipeline", "p")
-    stop = threading.Event()
-    from engine.config import load_config
-    from engine.node import run_node
 
-    runner = threading.Thread(target=run_node, args=(load_config(config), ["p"]), kwargs={"stop": stop, "once": False})
-    runner.start()
-
-    def write():
+    def write(stop):
         with psycopg.connect(source, autocommit=True) as conn:
             i = 0
             while not stop.is_set():
@@ -165,25 +151,7 @@ def test_no_false_drift_while_replication_runs(pg_pair):
                 conn.execute("INSERT INTO item (id, label) VALUES (%s, 'new') ON CONFLICT DO NOTHING", (10000 + i,))
                 stop.wait(0.002)
 
-    writer = threading.Thread(target=write)
-    writer.start()
-    try:
-        pg_exec(target, "UPDATE item_copy SET amount = -1 WHERE id = 2")  # one real drift during the workload
-        for _ in range(3):
-            report = reconcile(config, "--fence-timeout", "30", expect=None)
-            assert isinstance(report, dict), report.output
-            assert report["missing"] == 0 and report["extra"] == 0, report
-            assert keys(report, "different") in ([2], []), report  # [] only if the workload rewrote row 2
-    finally:
-        stop.set()
-        writer.join()
-        runner.join()
-    run_once(config)
-    [(survivor,)] = pg_rows(target, "SELECT max(id) FROM item_copy")
-    pg_exec(target, f"UPDATE item_copy SET amount = -1 WHERE id = {survivor}")
-    report = reconcile(config, expect=1)
-    assert keys(report, "different") in ([survivor], [2, survivor]), report
-    assert report["in_flight"] == 0 and report["tables"][0]["fenced"]
+    assert_no_false_drift_while_writing(config, target, write)
 
 
 SQLITE_DDL = """CREATE TABLE item (id INTEGER PRIMARY KEY, label TEXT, price NUMERIC, ratio REAL, active BOOLEAN,

@@ -4,12 +4,12 @@ with renames; planted drift of every kind found exactly, repair, history, fencin
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 
 from tests.helpers import cli, pg_exec, pg_rows, run_once, write_node
 from tests.mysql_helpers import _connect, my_exec, my_rows
+from tests.reconcile_helpers import assert_no_false_drift_while_writing, keys, reconcile
 
 MARIA_SOURCE_DDL = """CREATE TABLE item (
     id INT PRIMARY KEY, label VARCHAR(100), price DECIMAL(12,2), ratio DOUBLE, active BOOLEAN,
@@ -35,14 +35,6 @@ MARIA_TARGET_DDL = """CREATE TABLE item_copy (
     seen TIMESTAMP(6) NULL, born DATE, raw VARBINARY(32), quantity INT) DEFAULT CHARSET=utf8mb4"""
 
 
-def reconcile(config, *extra, expect=None):
-    result = cli("reconcile", "--config", str(config), "--pipeline", "p", "--json", "--fence-timeout", "5", *extra,
-                 expect=expect)
-    return json.loads(result.output) if result.output.lstrip().startswith("{") else result
-
-
-def keys(report, kind):
-    return sorted(k[1][0] for k in report["keys"][kind])
 
 
 @pytest.fixture
@@ -178,14 +170,8 @@ def test_mariadb_source_no_false_drift_while_replication_runs_and_since_checkpoi
     cli("triggers", "install", "--config", str(config), "--pipeline", "p")
     run_once(config)
     assert reconcile(config, "--since-checkpoint", expect=0)["verified_position"]
-    stop = threading.Event()
-    from engine.config import load_config
-    from engine.node import run_node
 
-    runner = threading.Thread(target=run_node, args=(load_config(config), ["p"]), kwargs={"stop": stop, "once": False})
-    runner.start()
-
-    def write():
+    def write(stop):
         conn = _connect(source)
         try:
             with conn.cursor() as cur:
@@ -201,31 +187,13 @@ def test_mariadb_source_no_false_drift_while_replication_runs_and_since_checkpoi
         finally:
             conn.close()
 
-    writer = threading.Thread(target=write)
-    writer.start()
-    try:
-        pg_exec(target, "UPDATE item_copy SET amount = -1 WHERE id = 2")  # one real drift during the workload
-        for _ in range(3):
-            report = reconcile(config, "--fence-timeout", "30", expect=None)
-            assert isinstance(report, dict), report.output
-            assert report["missing"] == 0 and report["extra"] == 0, report
-            assert keys(report, "different") in ([2], []), report  # [] only if the workload rewrote row 2
-    finally:
-        stop.set()
-        writer.join()
-        runner.join()
-    run_once(config)
-    [(survivor,)] = pg_rows(target, "SELECT max(id) FROM item_copy")
-    pg_exec(target, f"UPDATE item_copy SET amount = -1 WHERE id = {survivor}")
-    report = reconcile(config, expect=1)
-    assert keys(report, "different") in ([survivor], [2, survivor]), report
-    assert report["in_flight"] == 0 and report["tables"][0]["fenced"]
+    assert_no_false_drift_while_writing(config, target, write)
     reconcile(config, "--repair", expect=0)
     # incremental verification reads the MariaDB change log: only the keys changed since the last clean run
     report = reconcile(config, "--since-checkpoint", "--repair", expect=None)
     assert report["tables"][0]["checked_keys"] > 0 and report["verified_position"], report
     from connectors.mysql.connector import MariadbConnector
-    from engine.config import SourceConfig
+    from engine.config import SourceConfig, load_config
 
     maria, capture = MariadbConnector(source), SourceConfig(database="src", tables=["item"])
     checkpoint = load_config(config).databases["dst"]
