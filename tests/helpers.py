@@ -142,3 +142,35 @@ def kill_9_during_load(config: Path, target: str, log: Path, rounds: int, step: 
         [(rows, done)] = pg_rows(target, "SELECT rows, done FROM tiersync.tiersync_snapshot")
         assert not done and rows > copied, "the load was not interrupted in the middle"
         copied = rows
+
+
+def assert_acknowledge_does_not_wait_for_the_read(reader, reading_conn, position: str, read_size: int) -> None:
+    """As the pipeline does: the next read runs on a prefetch thread while the last batch is acknowledged.
+
+    The read is held inside its statement (a SQLite progress handler on ``reading_conn``); the acknowledgement,
+    on another thread, must neither wait for it nor run on its connection.
+    """
+    inside, release = threading.Event(), threading.Event()
+    prefetch = threading.Thread(target=lambda: reader.read(read_size), name="prefetch", daemon=True)
+
+    def hold_the_read():
+        if threading.current_thread() is prefetch and not release.is_set():
+            inside.set()
+            release.wait(60)
+        return 0
+    reading_conn.set_progress_handler(hold_the_read, 1)
+    acked = threading.Event()
+
+    def acknowledge():
+        reader.acknowledge(position)
+        acked.set()
+    pipeline = threading.Thread(target=acknowledge, daemon=True)
+    prefetch.start()
+    try:
+        assert inside.wait(60), "the read never started its statement"
+        pipeline.start()
+        assert acked.wait(30), "the acknowledgement waited for the read's connection"
+    finally:
+        release.set()
+        prefetch.join(60)
+        pipeline.join(60)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from tests.helpers import cli, pg_exec, pg_rows, run_once, write_node
+from tests.helpers import assert_acknowledge_does_not_wait_for_the_read, cli, pg_exec, pg_rows, run_once, write_node
 
 
 def sqlite_url(path) -> str:
@@ -106,7 +106,6 @@ def test_unreachable_database_is_a_clear_error(tmp_path):
 
 def test_change_log_acknowledgement_runs_while_the_next_read_is_inside_its_statement(tmp_path):
     """As for the inbox: the pipeline acknowledges on its thread while its prefetch thread reads the next batch."""
-    import threading
 
     from engine.config import load_config
     from engine.pipeline import PipelineRunner
@@ -122,29 +121,6 @@ def test_change_log_acknowledgement_runs_while_the_next_read_is_inside_its_state
     runner.open()
     reader = runner.reader
     first = reader.read(2)
-    inside, release = threading.Event(), threading.Event()
-    prefetch = threading.Thread(target=lambda: reader.read(2), name="read-p", daemon=True)
-
-    def hold_the_read():
-        if threading.current_thread() is prefetch and not release.is_set():
-            inside.set()
-            release.wait(60)
-        return 0
-    reader.conn.set_progress_handler(hold_the_read, 1)
-    acked = threading.Event()
-
-    def acknowledge():
-        reader.acknowledge(first.position)
-        acked.set()
-    pipeline = threading.Thread(target=acknowledge, daemon=True)
-    prefetch.start()
-    try:
-        assert inside.wait(60), "the read never started its statement"
-        pipeline.start()
-        assert acked.wait(30), "the acknowledgement waited for the read's connection"
-    finally:
-        release.set()
-        prefetch.join(60)
-        pipeline.join(60)
+    assert_acknowledge_does_not_wait_for_the_read(reader, reader.conn, first.position, 2)
     runner.close()
     assert rows(tmp_path / "s.db", "SELECT count(*) FROM tiersync_change_log") == [(2,)]  # the first two purged

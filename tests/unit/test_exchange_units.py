@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
 from datetime import datetime, timezone
 from decimal import Decimal
 
@@ -18,6 +17,7 @@ from engine.exchange import InboxReader, OutboxSink
 from engine.mapping import TargetChange
 from engine.registry import connector_for
 from engine.routing import Router, region_prefix
+from tests.helpers import assert_acknowledge_does_not_wait_for_the_read
 
 NODE = """\
 node: {id: city-110100, tier: city, region: "110100", parent: province-110000}
@@ -188,30 +188,7 @@ def test_inbox_acknowledgement_runs_while_the_next_read_is_inside_its_statement(
                          records_apply=True)
     first = reader.read(1)
     assert [e.key for e in first.events] == [(1,)]
-    inside, release = threading.Event(), threading.Event()
-    prefetch = threading.Thread(target=lambda: reader.read(1), name="read-in", daemon=True)
-
-    def hold_the_read():
-        if threading.current_thread() is prefetch and not release.is_set():
-            inside.set()
-            release.wait(60)
-        return 0
-    reader.store.conn.set_progress_handler(hold_the_read, 1)
-    acked = threading.Event()
-
-    def acknowledge():
-        reader.acknowledge(first.position)
-        acked.set()
-    pipeline = threading.Thread(target=acknowledge, daemon=True)
-    prefetch.start()
-    try:
-        assert inside.wait(60), "the read never started its statement"
-        pipeline.start()
-        assert acked.wait(30), "the acknowledgement waited for the read's connection"
-    finally:
-        release.set()
-        prefetch.join(60)
-        pipeline.join(60)
+    assert_acknowledge_does_not_wait_for_the_read(reader, reader.store.conn, first.position, 1)
     assert sqlite3.connect(tmp_path / "x.db").execute("SELECT seq FROM tiersync_inbox").fetchall() == [(2,), (3,)]
     assert ("city-110100:me:1", "applied") in sqlite3.connect(tmp_path / "x.db").execute(
         "SELECT batch_id, status FROM tiersync_trace").fetchall()
