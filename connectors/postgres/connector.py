@@ -139,7 +139,7 @@ class PostgresConnector(Connector):
 
     def write_statements(self, kind: str, table: TableId, columns: list[str], key: list[str]) -> list[str]:
         if kind == "truncate":
-            return [f"TRUNCATE {dialect.qualified(table)}"]
+            return [dialect.truncate_sql(table)]
         staged = key if kind == "delete" else columns
         stage = dialect.stage_name(table, tuple(staged))
         write = {"upsert": lambda: dialect.upsert_from_stage_sql(stage, table, columns, key),

@@ -393,6 +393,10 @@ def copy_sql(stage: str, columns: list[str]) -> str:
     return f"COPY {quote(stage)} ({', '.join(quote(c) for c in columns)}) FROM STDIN"
 
 
+def truncate_sql(table: TableId) -> str:
+    return f"TRUNCATE {qualified(table)}"
+
+
 def upsert_from_stage_sql(stage: str, table: TableId, columns: list[str], key: list[str]) -> str:
     cols = ", ".join(quote(c) for c in columns)
     updates = [c for c in columns if c not in key]

@@ -176,7 +176,7 @@ class PostgresSession(TargetSession):
         self._run(dialect.delete_from_stage_sql(stage, table.id, key), what=f"deleting from {table.id}")
 
     def truncate(self, table: TableInfo) -> None:
-        self._run(f"TRUNCATE {dialect.qualified(table.id)}", what=f"truncating {table.id}")
+        self._run(dialect.truncate_sql(table.id), what=f"truncating {table.id}")
 
     def save_checkpoint(self, pipeline: str, position: str, changes: int) -> None:
         self._run(dialect.save_checkpoint_sql(self.schema), (pipeline, position, changes), "saving the checkpoint")

@@ -110,7 +110,7 @@ class SqliteConnector(Connector):
 
     def write_statements(self, kind: str, table: TableId, columns: list[str], key: list[str]) -> list[str]:
         if kind == "truncate":
-            return [f"DELETE FROM {dialect.quote(table.name)}"]
+            return [dialect.truncate_sql(table)]
         return [{"upsert": lambda: dialect.upsert_sql(table, columns, key),
                  "insert": lambda: dialect.insert_sql(table, columns),
                  "delete": lambda: dialect.delete_sql(table, key)}[kind]()]

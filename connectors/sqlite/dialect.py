@@ -237,6 +237,10 @@ UPDATE_CONSUMER_SQL = ("UPDATE tiersync_consumer SET last_id = ?, "
                        "updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE name = ?")
 
 
+def truncate_sql(table: TableId) -> str:
+    return f"DELETE FROM {quote(table.name)}"  # SQLite has no TRUNCATE
+
+
 def upsert_sql(table: TableId, columns: list[str], key: list[str]) -> str:
     cols = ", ".join(quote(c) for c in columns)
     marks = ", ".join("?" for _ in columns)

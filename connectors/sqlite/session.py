@@ -77,7 +77,7 @@ class SqliteSession(TargetSession):
         self._many(dialect.delete_sql(table.id, key), keys, f"deleting from {table.id}")
 
     def truncate(self, table: TableInfo) -> None:
-        self._run(f"DELETE FROM {dialect.quote(table.id.name)}", what=f"truncating {table.id}")
+        self._run(dialect.truncate_sql(table.id), what=f"truncating {table.id}")
 
     def save_checkpoint(self, pipeline: str, position: str, changes: int) -> None:
         self._run(dialect.SAVE_CHECKPOINT_SQL, (pipeline, position, changes), "saving the checkpoint")
