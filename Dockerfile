@@ -9,7 +9,8 @@ COPY engine ./engine
 COPY connectors ./connectors
 COPY ops ./ops
 COPY schemas ./schemas
-RUN pip install ".[postgres,mysql,kafka]" \
+COPY transports ./transports
+RUN pip install ".[postgres,mysql,kafka,bundle]" \
  && useradd --system --create-home --home-dir /var/lib/tiersync tiersync
 
 USER tiersync

@@ -38,29 +38,46 @@ def envelope_schema():
     return fastavro.parse_schema(load("ChangeEvent"), named_schemas=named)
 
 
+_LONG_MIN, _LONG_MAX = -(2 ** 63), 2 ** 63 - 1
+
+
+def _int_branch(value: int) -> tuple:
+    if _LONG_MIN <= value <= _LONG_MAX:
+        return ("long", value)
+    return ("tiersync.Decimal", {"text": str(value)})  # beyond Avro's long: exact as text, never a lossy double
+
+
+# Every branch is given by name (fastavro's tuple notation), so the writer need not test the value against each
+# branch of the union in turn; the exact type picks the branch (bool before int: bool is an int).
+_BRANCH_OF_TYPE = {
+    type(None): lambda v: ("null", None), bool: lambda v: ("boolean", v), int: _int_branch,
+    float: lambda v: ("double", v), str: lambda v: ("string", v), bytes: lambda v: ("bytes", v),
+    Decimal: lambda v: ("tiersync.Decimal", {"text": str(v)}),
+    datetime: lambda v: ("tiersync.Temporal", {"kind": "timestamptz" if v.tzinfo else "timestamp",
+                                               "iso": v.isoformat()}),
+    date: lambda v: ("tiersync.Temporal", {"kind": "date", "iso": v.isoformat()}),
+    time: lambda v: ("tiersync.Temporal", {"kind": "time", "iso": v.isoformat()}),
+    UUID: lambda v: ("tiersync.Uuid", {"text": str(v)}),
+    dict: lambda v: ("tiersync.Json", {"text": dumps_exact(v)}),
+    list: lambda v: ("tiersync.List", {"json": dumps_exact(v)}),
+}
+
+
+def _branch(value: Any) -> tuple:
+    """``value`` as a named branch of the value union: ``(branch name, datum)``."""
+    make = _BRANCH_OF_TYPE.get(type(value))
+    if make is None:  # a subclass (e.g. a bool-like int, a str enum, a datetime subclass): the first kind it is
+        for kind in (bool, int, float, str, bytes, Decimal, datetime, date, time, UUID, dict, list):
+            if isinstance(value, kind):
+                make = _BRANCH_OF_TYPE[kind]
+                break
+        else:
+            raise TypeError(f"no Avro form for {type(value).__name__}")
+    return make(value)
+
+
 def _encode_value(value: Any) -> dict:
-    if value is None or isinstance(value, (bool, str, bytes)):
-        return {"v": value}
-    if isinstance(value, int):
-        return {"v": value}
-    if isinstance(value, float):
-        return {"v": value}
-    if isinstance(value, Decimal):
-        return {"v": ("tiersync.Decimal", {"text": str(value)})}
-    if isinstance(value, datetime):
-        kind = "timestamptz" if value.tzinfo else "timestamp"
-        return {"v": ("tiersync.Temporal", {"kind": kind, "iso": value.isoformat()})}
-    if isinstance(value, date):
-        return {"v": ("tiersync.Temporal", {"kind": "date", "iso": value.isoformat()})}
-    if isinstance(value, time):
-        return {"v": ("tiersync.Temporal", {"kind": "time", "iso": value.isoformat()})}
-    if isinstance(value, UUID):
-        return {"v": ("tiersync.Uuid", {"text": str(value)})}
-    if isinstance(value, dict):
-        return {"v": ("tiersync.Json", {"text": dumps_exact(value)})}
-    if isinstance(value, list):
-        return {"v": ("tiersync.List", {"json": dumps_exact(value)})}
-    raise TypeError(f"no Avro form for {type(value).__name__}")
+    return {"v": _branch(value)}
 
 
 _TEMPORAL = {"date": date.fromisoformat, "time": time.fromisoformat,
@@ -99,7 +116,7 @@ def to_record(event: ChangeEvent, version: str = "0.1") -> dict:
         "source": {"version": version, "connector": "tiersync", "name": event.source_node, "ts_ms": ts,
                    "snapshot": "true" if event.snapshot else "false", "db": event.source_database,
                    "schema": event.table.schema, "table": event.table.name, "txId": event.txid,
-                   "sequence": None, "seq": event.seq},
+                   "sequence": None, "seq": event.seq, "origin_tier": event.origin_tier},
         "key": [_encode_value(v) for v in event.key],
         "op": event.op.value,
         "ts_ms": ts,
@@ -118,7 +135,8 @@ def from_record(record: dict) -> ChangeEvent:
         before=_unimage(record["before"]), after=_unimage(record["after"]), seq=source["seq"],
         txid=source["txId"], origin=record["origin"], path=tuple(record["path"]),
         captured_at=datetime.fromtimestamp(source["ts_ms"] / 1000, timezone.utc),
-        source_node=source["name"], source_database=source["db"], snapshot=source["snapshot"] == "true")
+        source_node=source["name"], source_database=source["db"], snapshot=source["snapshot"] == "true",
+        origin_tier=source.get("origin_tier") or "")
 
 
 def encode(event: ChangeEvent) -> bytes:
@@ -143,8 +161,8 @@ def value_union() -> list:
 
 
 def to_union(value: Any) -> Any:
-    """``value`` as a datum of :func:`value_union` (named branches as ``(name, record)``)."""
-    return _encode_value(value)["v"]
+    """``value`` as a datum of :func:`value_union` (every branch named, as ``(name, datum)``)."""
+    return _branch(value)
 
 
 def from_union(datum: Any) -> Any:

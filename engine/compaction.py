@@ -3,14 +3,17 @@
 insert+update → upsert of the final row; insert+delete → nothing;
 delete+insert → upsert; update+update → upsert of the merged row;
 update+delete → delete. Appends (history rows) are never compacted. A truncate
-drops what came before it for that table and runs first.
+drops what came before it for that table and runs first. An encoded row is
+complete, so it replaces an earlier image; a partial image merged into an
+encoded one decodes it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .event import Op
+from .encoded import EncodedRow, plain
+from .event import CREATE, READ
 from .mapping import TargetChange
 
 
@@ -34,21 +37,32 @@ def compact(changes: list[TargetChange]) -> list[TargetChange]:
         ident = (change.table, change.key)
         previous = net.pop(ident, None)
         if previous is None:
-            if change.kind == "upsert" and change.event.op in (Op.CREATE, Op.READ):
+            if change.kind == "upsert" and (change.event.op is CREATE or change.event.op is READ):
                 born.add(ident)
             net[ident] = change
         elif change.kind == "delete":
             if ident in born:  # inserted and deleted inside the batch: nothing to do
                 born.discard(ident)
             else:
-                net[ident] = change
+                net[ident] = _presuming(change, previous.expected)
         elif previous.kind == "upsert":
-            merged = dict(previous.row or {})
+            if type(change.row) is EncodedRow:  # a complete row: nothing of the previous one survives
+                net[ident] = change
+                continue
+            merged = dict(plain(previous.row) or {})
             merged.update(change.row or {})
-            net[ident] = TargetChange("upsert", change.table, change.key, merged, change.event, change.key_columns)
+            net[ident] = TargetChange("upsert", change.table, change.key, merged, change.event, change.key_columns,
+                                      previous.expected)
         else:  # delete then upsert: the new row replaces whatever was there
-            net[ident] = change
+            net[ident] = _presuming(change, previous.expected)
     return truncates + appends + list(net.values())
+
+
+def _presuming(change: TargetChange, expected) -> TargetChange:
+    """``change`` as the net change of its key: it presumes what the key's first change in the batch presumed."""
+    if change.expected is expected:
+        return change
+    return TargetChange(change.kind, change.table, change.key, change.row, change.event, change.key_columns, expected)
 
 
 # ------------------------------------------------------------------ compacting a source's change log

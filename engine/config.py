@@ -36,6 +36,8 @@ class NodeConfig(_Strict):
     region: str = Field(pattern=r"^\d{6}$", description="6-digit administrative region code")
     name: str = ""
     parent: str | None = Field(default=None, description="node id of the next tier up (its link has role parent)")
+    state_dir: str | None = Field(default=None, description="directory of the running node's pid and reload files "
+                                                            "(default: .tiersync next to the config file)")
 
 
 class DatabaseConfig(_Strict):
@@ -61,6 +63,7 @@ class MetadataColumns(_Strict):
     origin: str | None = None
     source_table: str | None = None
     seq: str | None = None  # the change's sequence number in its source
+    tier: str | None = None  # the tier of the node where the change happened (conflict: higher_tier_wins)
 
 
 class MappingConfig(_Strict):
@@ -81,9 +84,9 @@ class MappingConfig(_Strict):
     lookups: list[LookupConfig] = Field(default_factory=list)
     discriminator: DiscriminatorConfig | None = None
     surrogate_key: SurrogateKeyConfig | None = None
-    conflict: Literal["source_wins", "newer_wins"] = Field(
-        default="source_wins", description="newer_wins: an upsert only replaces a target row whose "
-                                           "metadata.captured_at column is not newer")
+    conflict: Literal["source_wins", "newer_wins", "higher_tier_wins", "reject"] = Field(
+        default="source_wins", description="when the target row was changed by someone else (engine.conflict): "
+                                           "newer_wins needs metadata.captured_at, higher_tier_wins metadata.tier")
 
 
 class SourceConfig(_Strict):
@@ -115,6 +118,8 @@ class SourceConfig(_Strict):
 class TargetConfig(_Strict):
     database: str
     node: str | None = Field(default=None, description="node id behind the target; its own changes are never sent back")
+    tier: Tier | None = Field(default=None, description="tier of the node behind the target: what a row written there "
+                                                        "locally counts as (higher_tier_wins); default this node's")
     mode: SyncMode = "mirror"
     truncate: Literal["apply", "ignore"] = Field(default="ignore", description="what a captured TRUNCATE does")
     outbox: bool = Field(default=False, description="send to other nodes by the exchange routes (database = the "
@@ -147,7 +152,9 @@ class LinkConfig(_Strict):
     """A link to another node: which way it points and the transport that carries batches over it."""
 
     role: Literal["parent", "child", "peer"]
-    transport: Literal["exchange-db", "http", "kafka"]
+    transport: Literal["exchange-db", "http", "kafka", "directory", "bundle"] = Field(
+        description="bundle: offline, moved only by `tiersync bundle export/import`; directory: bundles written to "
+                    "and read from directories automatically")
     region: str | None = Field(default=None, pattern=r"^\d{6}$", description="the child's region code")
     brokers: list[str] = Field(default_factory=list, description="kafka: bootstrap servers, host:port")
     format: Literal["json", "avro"] = Field(default="json", description="kafka: message values as Debezium JSON "
@@ -157,8 +164,36 @@ class LinkConfig(_Strict):
     inbox: str | None = Field(default=None, description="exchange-db: URL of the receiving node's exchange database")
     url: str | None = Field(default=None, description="http: the receiving node's endpoint, http(s)://host:port")
     key: SecretStr | None = Field(default=None, description="http: per-link HMAC key, the same at both ends")
+    tls_ca: str | None = Field(default=None, description="http, sending: CA file the receiver's certificate must be "
+                                                         "signed by (default: the system's CAs)")
+    tls_cert: str | None = Field(default=None, description="http, sending: client certificate (PEM) for mutual TLS; "
+                                                           "its subject CN or a DNS name is this node's id")
+    tls_key: str | None = Field(default=None, description="http, sending: the client certificate's private key")
+    client_cert: bool | None = Field(default=None, description="http, receiving: require a client certificate from "
+                                                               "this sender (default: when the link has no key)")
     batch_size: int = Field(default=1000, ge=1, le=1_000_000, description="events per transport batch")
     timeout: float = Field(default=30.0, gt=0, le=3600)
+    # offline bundles (transport bundle or directory; engine/bundle.py)
+    cipher: Literal["aes-256-gcm", "sm4-gcm"] = Field(default="aes-256-gcm", description="bundle encryption")
+    bundle_key: SecretStr | None = Field(default=None, description="bundle: the link's secret key in hex, the same at "
+                                                                   "both ends (use ${ENV_VAR})")
+    bundle_key_file: str | None = Field(default=None, description="bundle: a file holding the secret key in hex")
+    signing_key: str | None = Field(default=None, description="bundle: this node's Ed25519 private key (PEM file) "
+                                                              "that signs its bundles and receipts on this link")
+    peer_public_key: str | None = Field(default=None, description="bundle: the other node's Ed25519 public key "
+                                                                  "(PEM file)")
+    volume_size: int = Field(default=64 * 1024 * 1024, ge=1024, description="bundle: bytes per volume file")
+    directory: str | None = Field(default=None, description="directory: bundles for the other node are written here "
+                                                            "(a path, or ftp://user:password@host/path)")
+    watch: str | None = Field(default=None, description="directory: bundles and receipts from the other node "
+                                                        "arrive here (a path, or an ftp:// URL)")
+    spool: str | None = Field(default=None, description="directory with ftp:// locations: the local spool "
+                                                        "(default spool/<link> beside the YAML)")
+    complete_timeout: float = Field(default=3600.0, gt=0, description="directory: seconds a bundle may wait for "
+                                                                      "missing volumes before it is rejected")
+    resend_after: float = Field(default=600.0, gt=0, description="directory: seconds after an export with no "
+                                "receipt covering its oldest batch before every undelivered batch is exported again "
+                                "(a lost or rejected bundle); the wait doubles with each resend, up to 16 times this")
 
 
 class RouteConfig(_Strict):
@@ -176,15 +211,56 @@ class RouteConfig(_Strict):
                                       description="default: this node's region code, trailing 00s dropped")
 
 
+class BacklogWarningConfig(_Strict):
+    """`tiersync status` warns about a link's outbox or an inbox whose backlog passes one of these."""
+
+    batches: int | None = Field(default=1000, ge=1, description="batches waiting (none: no warning by count)")
+    age: float | None = Field(default=600.0, gt=0, description="seconds the oldest waiting batch has waited")
+
+
+class RetentionConfig(_Strict):
+    """How long the running node keeps what it no longer needs; it prunes every ``interval`` seconds."""
+
+    trace_days: float = Field(default=30.0, gt=0, description="trace rows (`tiersync trace`) older than this go")
+    outbox_days: float = Field(default=7.0, gt=0, description="outbox batches acknowledged longer ago than this go")
+    bundle_days: float = Field(default=7.0, gt=0, description="directory links: imported bundles and receipts "
+                               "(kept in watch/imported/) older than this go; rejected ones stay for a person")
+    interval: float = Field(default=600.0, gt=0, le=86400, description="seconds between prunings")
+
+
 class ExchangeConfig(_Strict):
     database: str = Field(description="this node's exchange database (inbox, outbox, trace)")
     listen: str | None = Field(default=None, pattern=r"^[^:]+:\d+$", description="http: host:port to receive on")
-    tls_cert: str | None = None
-    tls_key: str | None = None
+    tls_cert: str | None = Field(default=None, description="http: the endpoint's certificate (PEM): HTTPS")
+    tls_key: str | None = Field(default=None, description="http: the endpoint's private key")
+    tls_client_ca: str | None = Field(default=None, description="http: CA file that signs senders' client "
+                                                                "certificates (mutual TLS)")
     max_clock_skew: float = Field(default=300.0, gt=0, description="http: seconds a signed request stays valid")
     poll_interval: float = Field(default=0.5, gt=0, le=3600, description="how often idle links and relays look")
     links: dict[str, LinkConfig] = Field(default_factory=dict)
     tables: dict[str, RouteConfig] = Field(default_factory=dict)
+    backlog_warning: BacklogWarningConfig = Field(default_factory=BacklogWarningConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+
+
+def _http_link_problems(name: str, link: LinkConfig, exchange: ExchangeConfig) -> list[str]:
+    """What an http link lacks: a way to prove each request (HMAC key, client certificate, or both)."""
+    problems = []
+    mutual = bool(link.tls_cert)
+    if not (link.url or link.key or mutual or exchange.tls_client_ca):
+        problems.append("transport http needs url: (to send) and key: or tls_cert/tls_key (to authenticate)")
+    if bool(link.tls_cert) != bool(link.tls_key):
+        problems.append("tls_cert and tls_key go together (the client certificate and its key)")
+    if link.url and not (link.key or mutual):
+        problems.append("transport http needs key: (the per-link HMAC key), or tls_cert/tls_key for mutual TLS")
+    if link.url and (link.tls_ca or mutual) and not link.url.startswith("https://"):
+        problems.append("tls_ca/tls_cert need an https:// url")
+    needs_cert = link.client_cert if link.client_cert is not None else not link.key
+    if exchange.listen and needs_cert and not exchange.tls_client_ca:
+        what = "a client certificate" if link.key else "key: or a client certificate"
+        problems.append(f"receiving from {name} needs {what}: set exchange.tls_client_ca (the CA that signs "
+                        f"senders' certificates)")
+    return problems
 
 
 class Config(_Strict):
@@ -343,14 +419,18 @@ def exchange_problems(config: Config, source: LoadedYaml) -> list[str]:
             problems.append(f"{where}: a link to the node itself")
         if link.role == "child" and not link.region:
             problems.append(f"{where}: a child link needs the child's region code (region: \"110101\")")
+        problems += [f"{where}: {p}" for p in _bundle_link_problems(link)]
         if link.transport == "exchange-db" and not link.inbox:
             problems.append(f"{where}: transport exchange-db needs inbox: <URL of {name}'s exchange database>")
-        if link.transport == "http" and not (link.url or link.key):
-            problems.append(f"{where}: transport http needs url: (to send) and key: (to sign and verify)")
         if link.transport == "kafka" and not link.brokers:
             problems.append(f"{where}: transport kafka needs brokers: [host:port, …]")
-        if link.transport == "http" and link.url and not link.key:
-            problems.append(f"{where}: transport http needs key: (the per-link HMAC key)")
+        if link.transport == "http":
+            problems += [f"{where}: {p}" for p in _http_link_problems(name, link, exchange)]
+    if bool(exchange.tls_cert) != bool(exchange.tls_key):
+        problems.append(f"{source.where(at)}: tls_cert and tls_key go together (the endpoint's certificate and key)")
+    if exchange.tls_client_ca and not exchange.tls_cert:
+        problems.append(f"{source.where(at + ('tls_client_ca',))}: client certificates need HTTPS: set tls_cert and "
+                        f"tls_key too")
     for table, route in exchange.tables.items():
         where = source.where(at + ("tables", table))
         for peer in route.across:
@@ -384,6 +464,18 @@ def exchange_problems(config: Config, source: LoadedYaml) -> list[str]:
                 if name not in exchange.tables:
                     problems.append(f"{source.where(base + ('mappings', j))}: mapping target {name!r} is not an "
                                     f"exchange table{_suggest(name, list(exchange.tables))}")
+    return problems
+
+
+def _bundle_link_problems(link: LinkConfig) -> list[str]:
+    """What a bundle or directory link lacks: its keys, and for a directory link where to write or watch."""
+    problems = []
+    if link.transport in ("bundle", "directory") and \
+            not ((link.bundle_key or link.bundle_key_file) and link.signing_key and link.peer_public_key):
+        problems.append(f"transport {link.transport} needs bundle_key (or bundle_key_file), signing_key and "
+                        f"peer_public_key (see `tiersync bundle keygen`)")
+    if link.transport == "directory" and not (link.directory or link.watch):
+        problems.append("transport directory needs directory: (to send) and/or watch: (to receive)")
     return problems
 
 

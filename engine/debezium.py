@@ -5,48 +5,33 @@ transaction) plus tiersync's origin, path and ``tiersync_types`` (the kind of
 every value JSON cannot carry itself, so decimals, times, UUIDs and bytes come
 back exactly).
 
-Avro: one schema per topic, generated from the rows it carries: a record of
-the table's columns, each nullable (so adding a column is a compatible
-change), every value a ``tiersync.Value`` (its logical kind kept). Column and
-node names that are not valid Avro names (Chinese column names, ``-``) are
-escaped reversibly. Messages are byte 0, the 4-byte schema id, then the Avro
-body; ids come from a :class:`SchemaRegistry`.
+Avro (the kafka link's, transports/kafka_avro.py): messages are byte 0, the
+4-byte schema id, then the Avro body; ids come from a :class:`SchemaRegistry`.
+Here: the registry, the value union made from JSON envelope values
+(:func:`branch_of_json`) and back (:func:`json_of_avro`), and the reader of
+link messages written before typed fields (:func:`avro_to_json`).
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import re
 from datetime import date, datetime, time, timezone
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
-from .avro import SCHEMA_DIR, _decode_value, _encode_value, schema_id, wire_encode, wire_split
+from .avro import _branch, schema_id, wire_split
 from .event import ChangeEvent, Op, TableId
-from .jsontext import dumps_exact
+from .jsontext import dumps_exact, json_bytes
 
 # ------------------------------------------------------------------ reversible Avro names
 
-_PLAIN = re.compile(r"[A-Za-z0-9]")
-
-
-def escape_name(name: str) -> str:
-    """A valid Avro name for any text, reversibly: ``_`` → ``__``, other non-alphanumerics → ``_xHEX_``."""
-    out = []
-    for char in name:
-        if _PLAIN.fullmatch(char):
-            out.append(char)
-        elif char == "_":
-            out.append("__")
-        else:
-            out.append(f"_x{ord(char):x}_")
-    text = "".join(out)
-    return text if text and not text[0].isdigit() else "_n" + text
-
-
+@lru_cache(maxsize=65536)
 def unescape_name(text: str) -> str:
+    """A column name as link messages written before typed fields escaped it (``_`` → ``__``, other
+    non-alphanumerics → ``_xHEX_``, a leading digit behind ``_n``)."""
     if text.startswith("_n"):
         text = text[2:]
     out, i = [], 0
@@ -111,7 +96,8 @@ def source_block(event: ChangeEvent, ts: int, node: str = "") -> dict:
     """Debezium's ``source`` block of an envelope; ``node`` names the source when the event does not."""
     return {"version": "tiersync", "connector": "tiersync", "name": event.source_node or node, "ts_ms": ts,
             "snapshot": "true" if event.snapshot else "false", "db": event.source_database,
-            "schema": event.table.schema, "table": event.table.name, "txId": event.txid, "seq": event.seq}
+            "schema": event.table.schema, "table": event.table.name, "txId": event.txid, "seq": event.seq,
+            "origin_tier": event.origin_tier}
 
 
 def timestamp_ms(event: ChangeEvent) -> int:
@@ -139,12 +125,31 @@ def to_json(event: ChangeEvent) -> bytes:
            "source": source_block(event, ts), "op": event.op.value, "ts_ms": ts,
            "transaction": None if event.txid is None else {"id": str(event.txid), "total_order": event.seq,
                                                             "data_collection_order": event.seq},
-           "origin": event.origin, "path": list(event.path), "key": image("key", dict(enumerate(event.key))),
-           "tiersync_types": kinds}
-    return dumps_exact(doc).encode()
+           "origin": event.origin, "path": list(event.path),
+           "key": image("key", {str(i): v for i, v in enumerate(event.key)}), "tiersync_types": kinds}
+    return envelope_text(doc, kinds)
+
+
+def envelope_text(doc: dict, kinds: dict[str, dict[str, str]]) -> bytes:
+    """The JSON text of an envelope whose non-JSON values are already in their JSON form (so its only floats are
+    finite doubles), fast unless a JSON column's document (which may hold any float) is in it."""
+    if any("json" in row_kinds.values() for row_kinds in kinds.values()):
+        return dumps_exact(doc).encode()
+    return json_bytes(doc)
 
 
 ENVELOPE_DECODER = json.JSONDecoder(parse_float=Decimal)  # built once: json.loads(…, parse_float=…) builds one per call
+
+
+def envelope_key(doc: dict, typed: bool = False) -> list:
+    """The key values of a parsed JSON envelope: as the JSON holds them, or ``typed`` (as the event had them)."""
+    key = doc["key"] or {}
+    kinds = (doc.get("tiersync_types") or {}).get("key", {}) if typed else {}
+    values = [key[str(i)] for i in range(len(key))]
+    if kinds:
+        values = [v if v is None or (k := kinds.get(str(i))) is None else _FROM_JSON[k](v)
+                  for i, v in enumerate(values)]
+    return values
 
 
 def from_json(data: bytes) -> ChangeEvent:
@@ -167,37 +172,11 @@ def from_json(data: bytes) -> ChangeEvent:
         key=tuple(key[str(i)] for i in range(len(key))), before=image("before"), after=image("after"),
         seq=source["seq"], txid=source.get("txId"), origin=doc["origin"], path=tuple(doc["path"]),
         captured_at=datetime.fromtimestamp(source["ts_ms"] / 1000, timezone.utc), source_node=source["name"],
-        source_database=source["db"], snapshot=source["snapshot"] == "true")
+        source_database=source["db"], snapshot=source["snapshot"] == "true",
+        origin_tier=source.get("origin_tier") or "")
 
 
-# ------------------------------------------------------------------ Avro, per topic
-
-def _load(name: str) -> dict:
-    return json.loads((SCHEMA_DIR / f"{name}.avsc").read_text(encoding="utf-8"))
-
-
-def table_schema(topic: str, columns: list[str]) -> dict:
-    """The envelope schema of one topic whose rows have ``columns`` (all nullable; new ones go last)."""
-    namespace = ".".join(escape_name(part) for part in topic.split("."))
-    fields = []
-    for i, column in enumerate(columns):
-        fields.append({"name": escape_name(column), "type": ["null", _load("Value") if i == 0 else "tiersync.Value"],
-                       "default": None})
-    value = {"type": "record", "name": "Value", "namespace": namespace, "fields": fields}
-    return {"type": "record", "name": "Envelope", "namespace": namespace, "fields": [
-        {"name": "before", "type": ["null", value], "default": None},
-        {"name": "after", "type": ["null", f"{namespace}.Value"], "default": None},
-        {"name": "source", "type": _load("Source")},
-        {"name": "op", "type": {"type": "enum", "name": "Operation", "symbols": ["c", "u", "d", "r", "t"]}},
-        {"name": "ts_ms", "type": ["null", "long"], "default": None},
-        {"name": "transaction", "type": ["null", {"type": "record", "name": "Transaction", "fields": [
-            {"name": "id", "type": "string"}, {"name": "total_order", "type": "long"},
-            {"name": "data_collection_order", "type": "long"}]}], "default": None},
-        {"name": "origin", "type": "string"},
-        {"name": "path", "type": {"type": "array", "items": "string"}, "default": []},
-        {"name": "key", "type": {"type": "array", "items": "tiersync.Value"}, "default": []},
-    ]}
-
+# ------------------------------------------------------------------ Avro: schemas by id, the link's earlier messages
 
 class SchemaRegistry:
     """Schemas by id; ``publish`` makes a new one known to readers (e.g. on a Kafka topic)."""
@@ -230,57 +209,90 @@ class SchemaRegistry:
             raise KeyError(f"unknown schema id {sid}")
         return self._parsed[sid]
 
-
-class AvroTopicWriter:
-    """Encodes one topic's events, extending its schema when a row brings a new column."""
-
-    def __init__(self, topic: str, registry: SchemaRegistry):
-        self.topic, self.registry = topic, registry
-        self.columns: list[str] = []
-        self.sid: int | None = None
-
-    def encode(self, event: ChangeEvent) -> bytes:
-        new = [c for row in (event.before, event.after) if row for c in row if c not in self.columns]
-        if new or self.sid is None:
-            self.columns += list(dict.fromkeys(new))
-            self.sid = self.registry.register(table_schema(self.topic, self.columns))
-            self._names = [(c, escape_name(c)) for c in self.columns]
-            self._record = ".".join(escape_name(part) for part in self.topic.split(".")) + ".Value"
-        names = self._names
-
-        # unions are given as (branch name, value): fastavro then need not try each branch
-        def image(row):
-            if row is None:
-                return None
-            return (self._record, {e: (("tiersync.Value", _encode_value(row[c])) if c in row else None)
-                                   for c, e in names})
-        record = {
-            "before": image(event.before), "after": image(event.after),
-            "source": {**source_block(event, timestamp_ms(event)), "sequence": None},
-            "op": event.op.value, "ts_ms": None, "transaction": None, "origin": event.origin,
-            "path": list(event.path), "key": [_encode_value(v) for v in event.key]}
-        return wire_encode(self.sid, self.registry.parsed(self.sid), record)
+    def schema(self, sid: int) -> dict:
+        """The schema text (as a dict) of an id :meth:`parsed` found."""
+        self.parsed(sid)
+        return self._text[sid]
 
 
-def from_avro(data: bytes, registry: SchemaRegistry) -> ChangeEvent:
+def _json_as_avro(value: Any, kind: str) -> tuple:
+    if kind == "json":
+        return ("tiersync.Json", {"text": dumps_exact(value)}) if isinstance(value, dict) else \
+            ("tiersync.List", {"json": dumps_exact(value)})
+    return _AVRO_OF_JSON_KIND[kind](value)
+
+
+_AVRO_OF_JSON_KIND = {
+    "double": lambda v: ("double", float(v)), "decimal": lambda v: ("tiersync.Decimal", {"text": v}),
+    "uuid": lambda v: ("tiersync.Uuid", {"text": v}), "bytes": lambda v: ("bytes", base64.b64decode(v)),
+    **{kind: (lambda k: lambda v: ("tiersync.Temporal", {"kind": k, "iso": v}))(kind)
+       for kind in ("timestamptz", "timestamp", "date", "time")},
+}
+
+
+def branch_of_json(value: Any, kind: str | None) -> tuple:
+    """A JSON envelope's value (its kind from ``tiersync_types``) as a named branch of the value union."""
+    if kind is None or value is None:
+        return _branch(value)
+    return _json_as_avro(value, kind)
+
+
+def avro_to_json(data: bytes, registry: SchemaRegistry) -> bytes:
+    """The JSON envelope (:func:`to_json`) of the event in a kafka link message written before typed fields (every
+    column a ``tiersync.Value`` record; transports/kafka_avro.py reads the typed ones and hands these here), made
+    from the record's values without building the event (``ts_ms`` kept to the millisecond)."""
     import fastavro
 
     sid, body = wire_split(data)
     schema = registry.parsed(sid)
-    record = fastavro.schemaless_reader(body, schema, schema, return_record_name=True)
+    record = fastavro.schemaless_reader(body, schema, None, return_record_name=True)
+    kinds: dict[str, dict[str, str]] = {}
 
-    def image(row):
+    def image(name: str, row, columns=unescape_name):
         if row is None:
             return None
         if isinstance(row, tuple):  # (record name, fields) with return_record_name
             row = row[1]
-        return {unescape_name(k): _decode_value(v[1] if isinstance(v, tuple) else v)
-                for k, v in row.items() if v is not None}
+        out = {}
+        for field, cell in row.items():
+            if cell is None:
+                continue  # a column the row did not have
+            column = columns(field)
+            value = (cell[1] if isinstance(cell, tuple) else cell)["v"]
+            if isinstance(value, tuple) or type(value) in (float, bytes):
+                kind, value = json_of_avro(value)
+                kinds.setdefault(name, {})[column] = kind
+            out[column] = value
+        return out
 
     source = record["source"]
-    return ChangeEvent(
-        op=Op(record["op"]), table=TableId(source["schema"], source["table"]),
-        key=tuple(_decode_value(v) for v in record["key"]), before=image(record["before"]),
-        after=image(record["after"]), seq=source["seq"], txid=source["txId"], origin=record["origin"],
-        path=tuple(record["path"]), captured_at=datetime.fromtimestamp(source["ts_ms"] / 1000, timezone.utc),
-        source_node=source["name"], source_database=source["db"], snapshot=source["snapshot"] == "true")
+    seq, txid = source["seq"], source["txId"]
+    doc = {"before": image("before", record["before"]), "after": image("after", record["after"]),
+           "source": {"version": "tiersync", "connector": "tiersync", "name": source["name"],
+                      "ts_ms": source["ts_ms"], "snapshot": "true" if source["snapshot"] == "true" else "false",
+                      "db": source["db"], "schema": source["schema"], "table": source["table"], "txId": txid,
+                      "seq": seq, "origin_tier": source.get("origin_tier") or ""},
+           "op": record["op"], "ts_ms": source["ts_ms"],
+           "transaction": None if txid is None else {"id": str(txid), "total_order": seq,
+                                                     "data_collection_order": seq},
+           "origin": record["origin"], "path": record["path"],
+           "key": image("key", {str(i): v for i, v in enumerate(record["key"])}, str), "tiersync_types": kinds}
+    return envelope_text(doc, kinds)
+
+
+def json_of_avro(value: Any) -> tuple[str, Any]:
+    """(kind, JSON value) of a value union datum JSON cannot carry itself (as :func:`to_json` writes it)."""
+    if type(value) is float:
+        return "double", value if value == value and abs(value) != float("inf") else repr(value)
+    if type(value) is bytes:
+        return "bytes", base64.b64encode(value).decode()
+    name, body = value
+    if name == "tiersync.Temporal":
+        return body["kind"], body["iso"]
+    if name == "tiersync.Decimal":
+        return "decimal", body["text"]
+    if name == "tiersync.Uuid":
+        return "uuid", body["text"]
+    if name == "tiersync.Json":
+        return "json", json.loads(body["text"], parse_float=Decimal)
+    return "json", json.loads(body["json"], parse_float=Decimal)

@@ -21,6 +21,10 @@ class Op(str, Enum):
     TRUNCATE = "t"
 
 
+# the members as module constants: looking one up on the class (Op.CREATE) costs ~100 ns, on the hot path
+CREATE, UPDATE, DELETE, READ, TRUNCATE = Op.CREATE, Op.UPDATE, Op.DELETE, Op.READ, Op.TRUNCATE
+
+
 class TableId(NamedTuple):
     """A schema-qualified table name; ``schema`` is None where the database has none (SQLite).
 
@@ -63,6 +67,7 @@ class ChangeEvent:
     txid: int | None = None
     origin: str = ""
     path: tuple[str, ...] = ()
+    origin_tier: str = ""  # tier of the origin node (county … national); "" where unknown
     captured_at: datetime | None = None
     source_node: str = ""
     source_database: str = ""

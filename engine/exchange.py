@@ -24,7 +24,7 @@ from typing import Any
 
 from .apply import ApplyResult, Batch
 from .batchcodec import decode_batch, encode_batch
-from .errors import TiersyncError
+from .errors import TerminalError, TiersyncError
 from .event import ChangeEvent, Op, TableId
 from .jsontext import dumps_exact
 from .mapping import CompiledMapping, TargetChange
@@ -50,11 +50,13 @@ class ExchangeSql:
     seq_next: str  # link → the new sequence number
     outbox_insert: str  # link, seq, batch_id, payload, events, created_at
     outbox_pending: str  # link, limit → seq, batch_id, payload, events
+    outbox_after: str  # link, after_seq, limit → seq, batch_id, payload, events (acknowledged or not)
     outbox_ack: str  # acked_at, link, seq
     outbox_recent: str  # link, limit → batch ids most recently acknowledged
     outbox_purge: str  # link, seq: acknowledged batches up to seq
     inbox_insert: str  # sender, seq, payload, events, received_at (ignored when present)
     inbox_senders: str
+    inbox_last: str  # sender → the highest sequence in the inbox (NULL when none)
     inbox_read: str  # sender, after_seq, limit → seq, payload
     consumer_save: str  # consumer, sender, last_seq
     consumer_positions: str  # sender → consumer, last_seq
@@ -65,6 +67,14 @@ class ExchangeSql:
     key_batches: str  # tbl, key_text → batch_id
     checkpoint_save: str  # pipeline, position, changes
     checkpoint_load: str  # pipeline → position
+    outbox_backlog: str  # → link, batches, events, oldest created_at of batches not acknowledged, per link
+    inbox_backlog: str  # sender, after_seq → batches, events, oldest received_at of the sender's later batches
+    outbox_prune: str  # cutoff: acknowledged batches acknowledged before it
+    trace_prune: str  # cutoff: trace rows older than it, except of batches still in the outbox or the inbox
+    trace_key_prune: str  # key rows of batches that have no trace rows left
+    link_sequences: str  # → link, last sequence number given to a batch for it
+    inbox_drop_from: str  # sender, seq: the sender's batches from seq on
+    outbox_unack_from: str  # link, seq: the link's batches from seq on count as not sent
 
 
 @dataclass(frozen=True)
@@ -77,12 +87,34 @@ class OutgoingBatch:
 
 
 @dataclass(frozen=True)
+class Backlog:
+    """Batches waiting at one end of a link: in the outbox not yet acknowledged by ``peer`` (the receiver), or in
+    the inbox received from ``peer`` and not yet applied by ``consumer``."""
+
+    peer: str
+    batches: int
+    changes: int
+    oldest: str | None  # when the oldest of them was queued (outbox) or received (inbox), ISO 8601 UTC
+    consumer: str = ""
+    last_seq: int = 0  # outbox: the last sequence number queued for the link; inbox: the last the consumer applied
+
+    def age_seconds(self, now: datetime | None = None) -> float:
+        if self.oldest is None:
+            return 0.0
+        return max(0.0, ((now or datetime.now(timezone.utc)) - datetime.fromisoformat(self.oldest)).total_seconds())
+
+
+@dataclass(frozen=True)
 class TraceRow:
     batch_id: str
     node: str
     status: str  # queued, forwarded, sent, received, applied
     at: str
     detail: str = ""
+
+
+class SequenceGap(TerminalError):
+    """Batches that would leave a hole in what this node received from a sender."""
 
 
 class ExchangeStore:
@@ -175,6 +207,30 @@ class ExchangeStore:
         if batches:
             self._transaction(work, "recording deliveries")
 
+    def outbox_after(self, link: str, after_seq: int, limit: int) -> list[OutgoingBatch]:
+        """Batches of ``link`` after ``after_seq``, delivered or not (those not yet purged)."""
+        rows = self._run(self.sql.outbox_after, (link, after_seq, limit)).fetchall()
+        return [OutgoingBatch(link, seq, batch_id, bytes(payload), events) for seq, batch_id, payload, events in rows]
+
+    def exported_through(self, link: str) -> int:
+        """The last sequence an offline export of ``link`` wrote (0 before the first)."""
+        position = self.load_checkpoint(f"bundle-export:{link}")
+        return int(position.partition(":")[2]) if position else 0
+
+    def mark_exported(self, link: str, seq: int, rows: list[TraceRow]) -> None:
+        self._transaction(lambda: (self._run(self.sql.checkpoint_save, (f"bundle-export:{link}", f"bundle:{seq}", 0)),
+                                   [self._trace(r) for r in rows]), "recording an export")
+
+    def delivered_through(self, link: str, seq: int, node: str, how: str) -> int:
+        """Mark every undelivered batch of ``link`` up to ``seq`` delivered (a receiver's receipt); how many."""
+        marked = 0
+        while True:
+            batches = [b for b in self.pending(link, 500) if b.seq <= seq]
+            if not batches:
+                return marked
+            self.delivered(batches, node, [how] * len(batches))
+            marked += len(batches)
+
     def recent(self, link: str, limit: int) -> list[str]:
         return [r[0] for r in self._run(self.sql.outbox_recent, (link, limit)).fetchall()]
 
@@ -208,6 +264,36 @@ class ExchangeStore:
             self._run(self.sql.checkpoint_save, (*checkpoint, sum(b[3] for b in batches)))
         self._transaction(work, "storing received batches")
 
+    def receive_in_sequence(self, sender: str, batches: list[tuple[int, str, bytes, int]],
+                            node: str) -> tuple[list[int], list[int]]:
+        """Persist consecutive batches in one transaction, refusing a gap; (stored, already here) sequences.
+
+        A batch at or below what an inbox consumer has applied, or still in the inbox, is a repeat; the
+        first batch must follow the highest one this node has from ``sender`` (or be one of them).
+        """
+        def work() -> tuple[list[int], list[int]]:
+            have = self.last_received(sender)
+            if batches and batches[0][0] > have + 1:
+                raise SequenceGap(f"batches {have + 1}–{batches[0][0] - 1} from {sender} have not arrived; "
+                                  f"this node has {sender}'s batches up to {have}")
+            applied = max(dict(self._run(self.sql.consumer_positions, (sender,)).fetchall()).values(), default=0)
+            at = now_text()
+            stored, skipped = [], []
+            for seq, batch_id, payload, events in batches:
+                if seq > applied and self._run(self.sql.inbox_insert,
+                                               (sender, seq, batch_id, payload, events, at)).rowcount == 1:
+                    stored.append(seq)
+                    self._trace(TraceRow(batch_id, node, "received", at, f"from {sender}"))
+                else:
+                    skipped.append(seq)
+            return stored, skipped
+        return self._transaction(work, "storing received batches")
+
+    def last_received(self, sender: str) -> int:
+        """The highest sequence this node has received from ``sender`` (applied and purged, or in the inbox)."""
+        applied = max(dict(self._run(self.sql.consumer_positions, (sender,)).fetchall()).values(), default=0)
+        return max(applied, self._run(self.sql.inbox_last, (sender,)).fetchone()[0] or 0)
+
     def senders(self) -> list[str]:
         return [r[0] for r in self._run(self.sql.inbox_senders).fetchall()]
 
@@ -224,6 +310,61 @@ class ExchangeStore:
                 if all(c in positions for c in consumers):
                     self._run(self.sql.inbox_purge, (sender, min(positions[c] for c in consumers)))
         self._transaction(work, "recording inbox progress")
+
+    # ------------------------------------------------------------ backlog and retention
+
+    def outbox_backlog(self) -> list[Backlog]:
+        """Per link with any: the batches not yet acknowledged by its receiver."""
+        last = dict(self._run(self.sql.link_sequences).fetchall())
+        waiting = {link: (batches, int(events), oldest)
+                   for link, batches, events, oldest in self._run(self.sql.outbox_backlog).fetchall()}
+        return [Backlog(link, *waiting.get(link, (0, 0, None)), last_seq=last.get(link, 0))
+                for link in sorted(set(last) | set(waiting))]
+
+    def inbox_backlog(self, consumers: list[str]) -> list[Backlog]:
+        """Per sender and consumer: the batches received and not yet applied by that consumer (nothing to show
+        for a pair with none)."""
+        out = []
+        for sender in sorted(self.senders()):
+            positions = dict(self._run(self.sql.consumer_positions, (sender,)).fetchall())
+            for consumer in consumers:
+                done = positions.get(consumer, 0)
+                batches, events, oldest = self._run(self.sql.inbox_backlog, (sender, done)).fetchone()
+                if batches:
+                    out.append(Backlog(sender, batches, int(events), oldest, consumer, done))
+        return out
+
+    def prune(self, trace_before: str, outbox_before: str) -> tuple[int, int]:
+        """Delete trace rows older than ``trace_before`` (never of batches still in the outbox or the inbox) with
+        their key index, and acknowledged outbox batches acknowledged before ``outbox_before``; returns how many
+        trace rows and outbox batches went."""
+        def work() -> tuple[int, int]:
+            traces = self._run(self.sql.trace_prune, (trace_before,)).rowcount
+            self._run(self.sql.trace_key_prune)
+            batches = self._run(self.sql.outbox_prune, (outbox_before,)).rowcount
+            return traces, batches
+        return self._transaction(work, "pruning the trace and the outbox")
+
+    # ------------------------------------------------------------ a sender's sequence starting again
+
+    def accept_sequence(self, sender: str, first_seq: int, consumers: list[str],
+                        checkpoint: tuple[str, str] | None) -> int:
+        """Make ``first_seq`` the next batch taken from ``sender``: its received batches from there on are dropped
+        (the sender sends them again) and every consumer stands just before it; ``checkpoint`` (name, position)
+        is saved in the same transaction (a kafka receiving end's). Returns how many batches were dropped."""
+        def work() -> int:
+            dropped = self._run(self.sql.inbox_drop_from, (sender, first_seq)).rowcount
+            for consumer in consumers:
+                self._run(self.sql.consumer_save, (consumer, sender, first_seq - 1))
+            if checkpoint is not None:
+                self._run(self.sql.checkpoint_save, (*checkpoint, 0))
+            return dropped
+        return self._transaction(work, "accepting a new sequence")
+
+    def resend_from(self, link: str, first_seq: int) -> int:
+        """Count the link's outbox batches from ``first_seq`` on as not sent, so they go again; how many."""
+        return self._transaction(lambda: self._run(self.sql.outbox_unack_from, (link, first_seq)).rowcount,
+                                 "marking batches to send again")
 
     # ------------------------------------------------------------ trace
 

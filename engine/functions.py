@@ -14,12 +14,30 @@ import unicodedata
 import uuid
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any, Callable
 
 from .casts import CASTS
 
 _SPACES = re.compile(r"\s+")
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+
+MEMO_SIZE = 4096  # distinct texts whose result a memoised step keeps (least recently used ones go first)
+
+
+def memo_text(step: Callable[[Any], Any], size: int = MEMO_SIZE) -> Callable[[Any], Any]:
+    """``step`` remembering its results for the last ``size`` distinct texts it was given.
+
+    For costly steps whose result depends on the text alone and cannot be changed by its receiver
+    (numbers, dates, hashes). Other values (and errors) are never kept: ``1``, ``1.0`` and ``True`` are
+    equal keys to a cache but not the same input.
+    """
+    cached = lru_cache(maxsize=size)(step)
+
+    def remembered(value):
+        return cached(value) if type(value) is str else step(value)
+    return remembered
 
 
 def arity(low: int, high: int | None = None):
@@ -252,11 +270,18 @@ def mask_phone(value: Any) -> Any:
 
 
 def keyed_hash(key: bytes) -> Callable[[Any], Any]:
-    """HMAC-SHA256 of the value's text under ``key``, as hex: equal inputs give equal outputs, so joins work."""
+    """HMAC-SHA256 of the value's text under ``key``, as hex: equal inputs give equal outputs, so joins work.
+
+    The hashes of the last :data:`MEMO_SIZE` distinct texts are kept (an HMAC costs more than the rest of a row).
+    """
+    @lru_cache(maxsize=MEMO_SIZE)
+    def hash_text(text: str) -> str:
+        return hmac.new(key, text.encode("utf-8"), hashlib.sha256).hexdigest()
+
     def hash_value(value: Any) -> Any:
         if value is None:
             return None
-        return hmac.new(key, _text(value).encode("utf-8"), hashlib.sha256).hexdigest()
+        return hash_text(value if type(value) is str else _text(value))
     hash_value.arity = (1, 1)
     return hash_value
 

@@ -8,6 +8,8 @@ from decimal import Decimal
 from typing import Any, Callable
 from uuid import UUID
 
+import orjson
+
 
 def json_default(value: Any) -> Any:
     """JSON form of the non-JSON values row images hold."""
@@ -27,7 +29,7 @@ def json_default(value: Any) -> Any:
 def dumps_exact(value: Any) -> str:
     """JSON text of a document; numbers held as Decimal (1.10, 12345678901234567890.5) are written exactly."""
     try:
-        return json.dumps(value, default=_plain_default, ensure_ascii=False)
+        return _PLAIN.encode(value)
     except _HasDecimal:
         return _exact(value)
 
@@ -42,6 +44,9 @@ def _plain_default(value: Any) -> Any:
     return json_default(value)
 
 
+_PLAIN = json.JSONEncoder(ensure_ascii=False, default=_plain_default)  # as json.dumps(…), made once, not per call
+
+
 def _exact(value: Any) -> str:
     if isinstance(value, Decimal) and value.is_finite():
         return str(value).lower()  # 1.10 stays 1.10; 1E+22 is written 1e+22
@@ -51,6 +56,19 @@ def _exact(value: Any) -> str:
     if isinstance(value, (list, tuple, set, frozenset)):
         return "[" + ", ".join(_exact(v) for v in value) + "]"
     return json.dumps(value, default=json_default, ensure_ascii=False)
+
+
+def json_bytes(doc: Any) -> bytes:
+    """UTF-8 JSON of a document, fast (orjson) where that is exact, else :func:`dumps_exact`'s text.
+
+    Contract: ``doc`` holds no NaN or infinite float (orjson would write null); Decimals, integers beyond 64
+    bits and other values orjson refuses take the exact path. Equal documents need not give equal bytes
+    between the two paths (spacing differs), so this is for values, never for keys compared as bytes.
+    """
+    try:
+        return orjson.dumps(doc)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return dumps_exact(doc).encode()
 
 
 def column_decoders(columns, value_decoder: Callable[[str], Callable[[Any], Any] | None]) -> dict:

@@ -13,9 +13,11 @@ from operator import itemgetter
 from typing import Any, Callable, Literal
 
 from .config import ColumnRule, MappingConfig, SyncMode
+from .conflict import NO_ROW
+from .encoded import EncodedRow, RowEncoding
 from .errors import TerminalError
-from .event import ChangeEvent, Op, Row, TableId
-from .expressions import ExpressionError, compile_expression
+from .event import CREATE, DELETE, READ, TRUNCATE, UPDATE, ChangeEvent, Row, TableId
+from .expressions import RUN_ERRORS, ExpressionError, compile_expression
 from .functions import surrogate_key
 from .rules import RuleResources, column_converter, expression_functions
 from .schema import TableInfo
@@ -33,6 +35,7 @@ class TargetChange:
     row: Row | None
     event: ChangeEvent
     key_columns: tuple[str, ...] = ()
+    expected: Any = None  # conflict: reject — the target row this change presumes (engine.conflict.NO_ROW: none)
 
 
 @dataclass(frozen=True)
@@ -85,20 +88,28 @@ class CompiledMapping:
         self.computed = [(name, _compile(f"computed.{name}", text, columns, functions))
                          for name, text in config.computed.items()]
         self.filter = _compile("filter", config.filter, columns, functions) if config.filter else None
-        self._filter = self.filter.evaluate if self.filter else None
+        self._filter = self.filter.run if self.filter else None
         self.lookups = [resources.lookup(c).enricher() if resources else _no_resources(c) for c in config.lookups]
         self.surrogate = config.surrogate_key
         self._surrogate_of = tuple_getter(tuple(self.surrogate.columns or source_key)) if self.surrogate else None
         self._surrogate_prefix = (self.constants[config.discriminator.column],) if config.discriminator else ()
         renamed = {c: p.target for c, p in self.plans.items() if p}
-        # with no converters, a row holding exactly the known columns maps by a precomputed list of pairs
-        self._renames = {c: renamed.get(c) for c in self.plans}
+        # a row holding exactly the known columns maps by precomputed lists of pairs (see map_row)
+        self._width = len(self.plans)
+        self._kept = frozenset(renamed)
+        # a dropped column replaced by an unknown one would be copied by the general path: look for them
+        self._dropped = frozenset(c for c, p in self.plans.items() if p is None) if config.include_unlisted \
+            else frozenset()
         self._pairs = [(c, p.target) for c, p in self.plans.items() if p and p.convert is None]
         self._converted = [(c, p.target, p.convert) for c, p in self.plans.items() if p and p.convert is not None]
-        self._computed = [(name, e.evaluate) for name, e in self.computed]
+        self._computed = [(name, e.run, e) for name, e in self.computed]
+        # the target row of the common case starts as a copy of its keys: one allocation, no resizing while filled
+        self._template = dict.fromkeys([t for _, t in self._pairs] + [t for _, t, _ in self._converted]
+                                       + [name for name, _ in self.computed])
         self._extra = bool(self.lookups or self.surrogate or self.computed)
         meta = self.metadata
-        self._fixed = bool(self.constants) or any((meta.op, meta.captured_at, meta.origin, meta.source_table, meta.seq))
+        self._fixed = bool(self.constants) or any((meta.op, meta.captured_at, meta.origin, meta.source_table, meta.seq,
+                                                   meta.tier))
         if config.key:
             self.target_key = tuple(config.key)
         else:
@@ -111,6 +122,20 @@ class CompiledMapping:
         self._append, self._mirror = self.mode == "append", self.mode == "mirror"
         self._source_key_getter = tuple_getter(tuple(source_key))
         self._key_from_source_key = self._key_depends_on_source_key_only()
+        # rules that only rename (or keep) every column: encoded rows pass through without being decoded
+        self.passes_encoded = (
+            not self._extra and not self._fixed and self.filter is None and not self._converted
+            and config.conflict == "source_wins" and all(self.plans.values())
+            and self.target_key == tuple(renamed.get(c, c) for c in source_key))
+        self._renamed = renamed
+        self._encodings: dict[RowEncoding, RowEncoding] = {}
+        self._compared = self.compared_columns()
+        if config.conflict == "reject" and self.mode != "append":
+            self.map = self._map_presuming  # the other mappings keep the plain hot path
+
+    def compared_columns(self) -> tuple[str, ...]:
+        """The target columns copied from source columns: what ``conflict: reject`` compares with the target."""
+        return tuple(dict.fromkeys(p.target for p in self.plans.values() if p))
 
     def _key_depends_on_source_key_only(self) -> bool:
         """Whether the target key is a function of the source key alone (then an update keeping it keeps ours)."""
@@ -147,41 +172,67 @@ class CompiledMapping:
         if self.surrogate:
             columns.append(self.surrogate.column)
         columns += [c for c in (self.metadata.op, self.metadata.captured_at, self.metadata.origin,
-                                self.metadata.source_table, self.metadata.seq) if c]
+                                self.metadata.source_table, self.metadata.seq, self.metadata.tier) if c]
         return list(dict.fromkeys(columns))
 
+    def _encoded(self, row: EncodedRow) -> EncodedRow:
+        """An encoded row under the target's column names (the same object when nothing is renamed)."""
+        encoding = self._encodings.get(row.encoding)
+        if encoding is None:
+            encoding = self._encodings[row.encoding] = row.encoding.renamed(self._renamed)
+        return row if encoding is row.encoding else EncodedRow(row.line, encoding)
+
     def map_row(self, row: Row, event: ChangeEvent) -> Row:
-        if row.keys() == self._renames.keys():  # the common case: the row holds exactly the known columns
-            out = {target: row[source] for source, target in self._pairs}
-            for source, target, convert in self._converted:
-                out[target] = convert(row[source])
+        """The target row for one source image (``after``, or ``before`` for deletes and old keys)."""
+        if type(row) is EncodedRow:  # only mappings that pass encoded rows see one (see map)
+            return self._encoded(row)
+        # the common case: the row holds exactly the known columns (as many, none of them missing)
+        if len(row) == self._width and (not self._dropped or row.keys() >= self._dropped):
+            try:
+                out = self._template.copy()
+                for source, target in self._pairs:
+                    out[target] = row[source]
+                for source, target, convert in self._converted:
+                    out[target] = convert(row[source])
+            except KeyError:
+                if row.keys() >= self._kept:  # raised by a converter, not a missing column
+                    raise
+                out = self._map_columns(row)
         else:
-            out = {}
-            plans = self.plans
-            for column, value in row.items():
-                plan = plans.get(column, _UNKNOWN)
-                if plan is _UNKNOWN:  # a column added to the source after the rules were compiled
-                    if not self.config.include_unlisted or column in self.config.drop:
-                        continue
-                    out[column] = value
-                elif plan is not None:
-                    out[plan.target] = plan.convert(value) if plan.convert else value
+            out = self._map_columns(row)
         if self._extra:
             before = event.before
-            for name, evaluate in self._computed:
-                out[name] = evaluate(row, before, event)
+            try:
+                for name, run, expression in self._computed:  # noqa: B007 - expression: for the error below
+                    out[name] = run(row, before, event)
+            except RUN_ERRORS as exc:
+                raise expression.fault(exc) from None
             for enrich in self.lookups:
                 enrich(row, out)
             if self.surrogate:
                 out[self.surrogate.column] = self._surrogate(row, event)
         return self._add_fixed(out, event) if self._fixed else out
 
+    def _map_columns(self, row: Row) -> Row:
+        """Column by column, for a row with missing columns or columns added after the rules were compiled."""
+        out = {}
+        plans = self.plans
+        for column, value in row.items():
+            plan = plans.get(column, _UNKNOWN)
+            if plan is _UNKNOWN:  # a column added to the source after the rules were compiled
+                if not self.config.include_unlisted or column in self.config.drop:
+                    continue
+                out[column] = value
+            elif plan is not None:
+                out[plan.target] = plan.convert(value) if plan.convert else value
+        return out
+
     def _add_fixed(self, out: Row, event: ChangeEvent) -> Row:
         if self.constants:
             out.update(self.constants)
         meta = self.metadata
         if meta.op:
-            out[meta.op] = event.op.value
+            out[meta.op] = event.op._value_
         if meta.captured_at:
             out[meta.captured_at] = event.captured_at
         if meta.origin:
@@ -190,6 +241,8 @@ class CompiledMapping:
             out[meta.source_table] = str(event.table)
         if meta.seq:
             out[meta.seq] = event.seq
+        if meta.tier:
+            out[meta.tier] = event.origin_tier or None
         return out
 
     def _surrogate(self, row: Row, event: ChangeEvent) -> str:
@@ -218,24 +271,64 @@ class CompiledMapping:
     def _key_of(self, row: Row) -> tuple:
         return self._key_getter(row)
 
+    def _map_presuming(self, event: ChangeEvent) -> list[TargetChange]:
+        """``map`` for conflict: reject: each change also says which target row it presumes."""
+        changes = CompiledMapping.map(self, event)
+        for change in changes:
+            change.expected = self._expected(change, event)
+        return changes
+
+    def _expected(self, change: TargetChange, event: ChangeEvent):
+        """The target row ``change`` presumes, on the compared columns: NO_ROW, a row, or None (cannot tell)."""
+        if event.op is CREATE or event.op is READ:
+            return NO_ROW
+        if event.before is None:
+            return None
+        if change.kind == "upsert" and not self._was_in(event):
+            return NO_ROW  # moved into the filter: the target never had it
+        try:
+            before = self.map_row(event.before, event)
+        except Exception:  # noqa: BLE001 - a partial before-image the rules cannot map: nothing to compare
+            return None
+        if self._key_getter(before) != change.key:
+            return NO_ROW if change.kind == "upsert" else None
+        return {c: before[c] for c in self._compared if c in before}
+
     def map(self, event: ChangeEvent) -> list[TargetChange]:
-        """The target changes for one event, in the order they must run."""
+        """The target changes for one event, in the order they must run.
+
+        An :class:`EncodedRow` ``after`` image passes through as it is where the rules allow it and the key
+        stays the same; otherwise it is decoded into the event first (``event.after`` becomes its dict).
+        """
         op = event.op
-        if self._append or op is Op.DELETE or op is Op.TRUNCATE:
+        if type(event.after) is EncodedRow:
+            if (self.passes_encoded and op is not TRUNCATE
+                    and (op is not UPDATE or not self._mirror or event.before is None
+                         or self._source_key_getter(event.before) == event.key)):
+                if self._append:
+                    return [TargetChange("insert", self.target, (), self._encoded(event.after), event, ())]
+                return [TargetChange("upsert", self.target, event.key, self._encoded(event.after), event,
+                                     self.target_key)]
+            event.after = event.after.values()
+        if self._append or op is DELETE or op is TRUNCATE:
             return self._map_other(event)
         after = event.after
         if after is None:
             return []
-        if self._filter is not None and self._filter(after, event.before, event) is not True \
-                and not self.passes(after, event):
-            # out of the filter: an update that moves the row out deletes it at the target
-            if op is not Op.UPDATE or not self._mirror or not self._was_in(event):
-                return []
-            row = self.map_row(event.before if _complete(event.before, after) else after, event)
-            return [TargetChange("delete", self.target, self._key_getter(row), None, event, self.target_key)]
+        if self._filter is not None:
+            try:
+                verdict = self._filter(after, event.before, event)
+            except RUN_ERRORS as exc:
+                raise self.filter.fault(exc) from None
+            if verdict is not True and not self.passes(after, event):
+                # out of the filter: an update that moves the row out deletes it at the target
+                if op is not UPDATE or not self._mirror or not self._was_in(event):
+                    return []
+                row = self.map_row(event.before if _complete(event.before, after) else after, event)
+                return [TargetChange("delete", self.target, self._key_getter(row), None, event, self.target_key)]
         row = self.map_row(after, event)
         key = self._key_getter(row)
-        if op is Op.UPDATE and self._mirror and event.before is not None:
+        if op is UPDATE and self._mirror and event.before is not None:
             if not (self._key_from_source_key and
                     self._source_key_getter(event.before) == self._source_key_getter(after)):
                 old_key = self._old_key(event)
@@ -247,12 +340,12 @@ class CompiledMapping:
     def _map_other(self, event: ChangeEvent) -> list[TargetChange]:
         """Truncates, deletes, and every change of an append (history) mapping."""
         op = event.op
-        if op is Op.TRUNCATE:
+        if op is TRUNCATE:
             return [TargetChange("truncate", self.target, (), None, event)] if self.apply_truncate else []
         if self._append:
-            if op is Op.DELETE and not self.metadata.op:
+            if op is DELETE and not self.metadata.op:
                 return []
-            image = event.before if op is Op.DELETE else event.after
+            image = event.before if op is DELETE else event.after
             if image is None or (self.filter is not None and not self.passes(image, event)):
                 return []
             row = self.map_row(image, event)
@@ -312,16 +405,23 @@ _UNKNOWN = object()
 
 
 def tuple_getter(columns: tuple[str, ...]) -> Callable[[Row], tuple]:
-    """row → tuple of ``columns`` (None where a column is absent), at C speed when all are present."""
+    """row → tuple of ``columns`` (None where a column is absent); an itemgetter when all are present."""
     if not columns:
         return lambda row: ()
+    if len(columns) == 1:
+        (column,) = columns
+
+        def get_one(row: Row) -> tuple:
+            try:
+                return (row[column],)
+            except KeyError:
+                return (None,)
+        return get_one
     fast = itemgetter(*columns)
-    single = len(columns) == 1
 
     def get(row: Row) -> tuple:
         try:
-            value = fast(row)
+            return fast(row)
         except KeyError:
             return tuple(row.get(c) for c in columns)
-        return (value,) if single else value
     return get

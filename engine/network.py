@@ -14,9 +14,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 
 from .config import Config, PipelineConfig, SourceConfig, TargetConfig
-from .errors import TerminalError, TransientError
+from .errors import TransientError
 from .exchange import ExchangeStore, InboxReader, OutboxSink
 from .plan import PipelinePlan
 from .registry import connector_for
@@ -87,7 +88,7 @@ class LinkSender:
         self.last_error = ""
 
     def run(self, once: bool = False) -> None:
-        from .transport import transport_for
+        from .transport import retry_delay, transport_for
 
         failures = 0
         store = transport = None
@@ -109,9 +110,7 @@ class LinkSender:
             except TransientError as exc:
                 failures += 1
                 self.last_error = str(exc)
-                if once and failures >= 6:
-                    raise TerminalError(f"link {self.link_name}: gave up after {failures} attempts: {exc}") from None
-                delay = min(self.max_backoff, 0.2 * 2 ** min(failures, 10))
+                delay = retry_delay(f"link {self.link_name}", failures, exc, once, self.max_backoff)
                 log.warning("link %s: %s — retrying in %.1fs", self.link_name, exc, delay)
                 for part in (transport, store):
                     if part is not None:
@@ -123,6 +122,8 @@ class LinkSender:
                 part.close()
 
     def step(self, store: ExchangeStore, transport) -> int:
+        if transport.offline:
+            return transport.export_pending(store)
         batches = store.pending(self.link_name, 20)
         if batches:
             fresh = transport.send_all(batches)
@@ -135,6 +136,40 @@ class LinkSender:
         recent = store.recent(self.link_name, 100)
         if recent:
             store.add_trace([r for r in transport.trace(recent) if r.node != self.node])
+
+
+class Pruner:
+    """Keeps the exchange database from growing without bound: every ``retention.interval`` seconds it deletes trace
+    rows older than ``retention.trace_days`` and outbox batches acknowledged more than ``retention.outbox_days``
+    ago. Batches still waiting in the outbox or the inbox keep their trace."""
+
+    def __init__(self, config: Config, stop: threading.Event):
+        self.config, self.stop = config, stop
+        self.retention = config.exchange.retention
+
+    def run(self, once: bool = False) -> None:
+        while not self.stop.is_set():
+            try:
+                traces, batches = self.prune_now()
+                if traces or batches:
+                    log.info("pruned %d trace rows and %d acknowledged outbox batches", traces, batches)
+            except TransientError as exc:
+                log.warning("pruning the exchange database: %s — trying again later", exc)
+            if once:
+                return
+            self.stop.wait(self.retention.interval)
+
+    def prune_now(self, now: datetime | None = None) -> tuple[int, int]:
+        """Prune once; (trace rows, outbox batches) deleted."""
+        now = now or datetime.now(timezone.utc)
+
+        def before(days: float) -> str:  # in the form the exchange tables store times (engine.exchange.now_text)
+            return (now - timedelta(days=days)).isoformat(timespec="microseconds")
+        store = exchange_store(self.config)
+        try:
+            return store.prune(before(self.retention.trace_days), before(self.retention.outbox_days))
+        finally:
+            store.close()
 
 
 def exchange_workers(config: Config, stop: threading.Event, once: bool) -> tuple[list, list]:
@@ -150,10 +185,18 @@ def exchange_workers(config: Config, stop: threading.Event, once: bool) -> tuple
 
             receiver = KafkaReceiver(config, name, stop)
             receivers.append((f"kafka-in-{name}", lambda r=receiver: r.run(once=once)))
-        if link.transport == "http" and not link.url:
-            continue  # receive-only link
+        if link.transport == "directory" and link.watch:
+            from transports.directory import DirectoryWatcher
+
+            watcher = DirectoryWatcher(config, name, stop)
+            receivers.append((f"directory-in-{name}", lambda w=watcher: w.run(once=once)))
+        if (link.transport == "http" and not link.url) or link.transport == "bundle" or \
+                (link.transport == "directory" and not link.directory):
+            continue  # receive-only link, or moved by `tiersync bundle export`
         sender = LinkSender(config, name, stop)
         senders.append((f"link-{name}", lambda s=sender: s.run(once=once)))
+    pruner = Pruner(config, stop)
+    senders.append(("exchange-prune", lambda: pruner.run(once=once)))
     if exchange.listen and not once:
         from transports.http import serve
 

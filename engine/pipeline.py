@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from .apply import Batch, BatchApplier, event_to_json
 from .config import Config
+from .control import ReloadRound
 from .errors import TerminalError, TiersyncError, TransientError
 from .mapping import TargetChange
 from .plan import PipelinePlan, build_plan
@@ -59,6 +60,8 @@ class PipelineRunner:
         self._open_transaction = False
         self._caught_up = True
         self._reload = threading.Event()  # set by SIGHUP: new rules take effect at the next batch boundary
+        self._reload_rounds: list[ReloadRound] = []  # the requests waiting for this pipeline's answer
+        self._reload_lock = threading.Lock()
         self.last_reload = ""
 
     # -------------------------------------------------------------- set-up
@@ -87,7 +90,13 @@ class PipelineRunner:
             self.session = plan.target.target_session()
             self.applier = plan.target.applier(self.session, plan)
         self.plan = plan
+        self._negotiate_encoded_rows()
         log.info("pipeline %s: started from %s", self.pipeline.name, start or "the beginning of the change log")
+
+    def _negotiate_encoded_rows(self) -> None:
+        """Let rows that need no decoding travel encoded, where the reader and the target session share a format."""
+        fmt = getattr(self.session, "encoded_format", None)
+        self.reader.encode_rows(self.plan.encoded_tables() if fmt else set(), fmt)
 
     def close(self) -> None:
         if self._next is not None:
@@ -122,10 +131,14 @@ class PipelineRunner:
         mappings = self.plan.mappings
         changes: list[TargetChange] = []
         rejected: list[DeadLetter] = list(read.rejected)
+        node, tier = self.plan.node_id, self.plan.node_tier
+        check_echo = bool(self.pipeline.target.node)
         for event in read.events:
-            if self._is_echo(event.origin, event.path):
+            if check_echo and self._is_echo(event.origin, event.path):
                 self.stats.echoes_skipped += 1
                 continue
+            if not event.origin_tier and event.origin == node:  # happened here: it carries this node's tier on
+                event.origin_tier = tier
             mapping = mappings[event.table]
             try:
                 changes.extend(mapping.map(event))
@@ -133,7 +146,10 @@ class PipelineRunner:
                 rejected.append(DeadLetter(self.pipeline.name, str(event.table), str(mapping.target),
                                            event.op.value, list(event.key), f"mapping failed: {exc}",
                                            event_to_json(event), read.position))
-        return Batch(self.pipeline.name, changes, read.position, len(read.events), rejected, more=read.more)
+        batch = Batch(self.pipeline.name, changes, read.position, len(read.events), rejected, more=read.more)
+        if isinstance(self.applier, BatchApplier):
+            self.applier.prepare(batch)  # compacted and grouped here, in the reading thread
+        return batch
 
     def step(self) -> int | None:
         """Move one batch; returns how many source events it consumed (None: nothing pending)."""
@@ -143,8 +159,7 @@ class PipelineRunner:
         else:
             batch = self._produce()
         if self._reload.is_set() and not self._open_transaction:
-            self._reload.clear()
-            self.reload_rules()  # a batch in hand was mapped with the old rules; the next one uses the new
+            self._answer_reload()  # a batch in hand was mapped with the old rules; the next one uses the new
         if batch is None:
             return None
         self._next = self._prefetcher.submit(self._produce)
@@ -186,11 +201,25 @@ class PipelineRunner:
 
     # -------------------------------------------------------------- rule reload
 
-    def request_reload(self) -> None:
-        """Ask for the rules to be re-read from the config file at the next batch boundary."""
-        self._reload.set()
+    def request_reload(self, round_: ReloadRound | None = None) -> None:
+        """Ask for the rules to be re-read from the config file at the next batch boundary; the answer goes to
+        ``round_`` (a `tiersync reload` request) when given."""
+        with self._reload_lock:
+            if round_ is not None:
+                self._reload_rounds.append(round_)
+            self._reload.set()
 
-    def reload_rules(self) -> list[str]:
+    def _answer_reload(self) -> None:
+        with self._reload_lock:
+            self._reload.clear()
+            rounds, self._reload_rounds = self._reload_rounds, []
+        asked_by = "; ".join(dict.fromkeys(f"asked by {r.request.get('by')} at {r.request.get('at')}"
+                                           for r in rounds)) or "asked by SIGHUP"
+        lines = self.reload_rules(asked_by)
+        for round_ in rounds:
+            round_.answer(self.pipeline.name, lines)
+
+    def reload_rules(self, asked_by: str = "") -> list[str]:
         """Recompile this pipeline's mappings from the config file; keep the old ones on any problem.
 
         Only the rules (mappings, value maps, mask key) change; sources, targets and tables need a restart.
@@ -201,7 +230,7 @@ class PipelineRunner:
         from .schema import dependency_order
 
         file = self.config.source_file
-        who = _who_changed(file)
+        who = _who_changed(file) + (f"; {asked_by}" if asked_by else "")
         try:
             config = load_config(file)
             pipeline = config.pipeline(self.pipeline.name)
@@ -220,7 +249,8 @@ class PipelineRunner:
         self.plan.target_tables.update(targets)
         self.applier.tables = self.plan.target_tables
         self.applier.order = dependency_order(self.plan.target_tables)
-        self.applier.newer_wins = self.plan.newer_wins()
+        self.applier.conflicts = self.plan.conflict_rules()
+        self._negotiate_encoded_rows()  # batches read before this are decoded by the new rules where needed
         self.pipeline = self.plan.config = pipeline
         self.config = config
         lines = [f"pipeline {pipeline.name}: rules reloaded from {file} ({who}); "

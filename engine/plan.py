@@ -13,6 +13,7 @@ import difflib
 from dataclasses import dataclass
 
 from .config import Config, MappingConfig, PipelineConfig
+from .conflict import ConflictRule
 from .errors import ConfigError, TerminalError, TiersyncError, TransientError
 from .event import TableId
 from .expressions import ExpressionError
@@ -27,6 +28,7 @@ from .seams import CapturedTable, Connector
 class PipelinePlan:
     config: PipelineConfig
     node_id: str
+    node_tier: str
     source: Connector
     target: Connector
     captured: list[CapturedTable]
@@ -49,14 +51,50 @@ class PipelinePlan:
                                f"{', '.join(map(str, sorted(wanted)))}; its tables: {known}"])
         return chosen
 
-    def newer_wins(self) -> dict[TableId, str]:
-        """Target tables whose mapping has conflict: newer_wins, with their commit-time column."""
-        out = {}
+    def encoded_tables(self) -> set[TableId]:
+        """Captured tables whose rows may travel encoded (see :mod:`engine.encoded`): one mapping that only
+        renames, onto target columns of exactly the same types (the reader still checks each table's shape)."""
+        out = set()
+        for table in self.captured:
+            mapping = self.mappings.get(table.info.id)
+            if type(mapping) is not CompiledMapping or not mapping.passes_encoded:
+                continue
+            target = self.target_tables.get(mapping.target)
+            if target is None:
+                continue
+            targets = [target.column(mapping.plans[c.name].target) for c in table.info.columns]
+            if all(t is not None and t.type == c.type for t, c in zip(targets, table.info.columns)):
+                out.add(table.info.id)
+        return out
+
+    @property
+    def target_tier(self) -> str:
+        """The tier a target row written locally (not by tiersync) counts as: the target's node's."""
+        return self.config.target.tier or self.node_tier
+
+    def conflict_rules(self) -> dict[TableId, ConflictRule]:
+        """Target tables whose mappings have a conflict policy other than source_wins, with what it needs."""
+        out: dict[TableId, ConflictRule] = {}
         for mapping in self.mappings.values():
             for part in getattr(mapping, "parts", [mapping]):
-                if part.config.conflict == "newer_wins" and part.config.metadata.captured_at:
-                    out[part.target] = part.config.metadata.captured_at
+                rule = conflict_rule(part)
+                if rule is not None:
+                    known = out.get(part.target)
+                    compared = tuple(dict.fromkeys((known.compared if known else ()) + rule.compared))
+                    out[part.target] = ConflictRule(rule.policy, rule.column, compared)
         return out
+
+
+def conflict_rule(mapping: CompiledMapping) -> ConflictRule | None:
+    """What one mapping's conflict policy needs of its target table (None: source_wins)."""
+    rules, meta = mapping.config, mapping.config.metadata
+    if rules.conflict == "newer_wins" and meta.captured_at:
+        return ConflictRule("newer_wins", meta.captured_at)
+    if rules.conflict == "higher_tier_wins" and meta.tier:
+        return ConflictRule("higher_tier_wins", meta.tier)
+    if rules.conflict == "reject" and mapping.mode != "append":
+        return ConflictRule("reject", None, mapping.compared_columns())
+    return None
 
 
 def _suggest(word: str, choices: list[str]) -> str:
@@ -131,7 +169,8 @@ def build_plan(config: Config, pipeline: PipelineConfig, *, connect_target: bool
                                                           connect_target=connect_target)
     if problems:
         raise ConfigError(problems)
-    return PipelinePlan(pipeline, config.node.id, source, target, captured, mappings, target_tables, resources)
+    return PipelinePlan(pipeline, config.node.id, config.node.tier, source, target, captured, mappings, target_tables,
+                        resources)
 
 
 def compile_mappings(config: Config, pipeline: PipelineConfig, source: Connector, target: Connector,
@@ -164,7 +203,23 @@ def compile_mappings(config: Config, pipeline: PipelineConfig, source: Connector
             problems += _check_target(pipeline, target, table, rules, mapping, target_tables, connect_target)
         if parts:
             mappings[table.info.id] = parts[0] if len(parts) == 1 else SplitMapping(parts)
+    problems += _policy_clashes(pipeline, mappings)
     return mappings, target_tables, resources
+
+
+def _policy_clashes(pipeline: PipelineConfig, mappings: dict) -> list[str]:
+    """Mappings merging into one target table must settle conflicts the same way."""
+    seen: dict[TableId, tuple] = {}
+    problems = []
+    for mapping in mappings.values():
+        for part in getattr(mapping, "parts", [mapping]):
+            rule = conflict_rule(part)
+            policy = (part.config.conflict, rule.column if rule else None)
+            if seen.setdefault(part.target, policy) != policy:
+                problems.append(f"pipeline {pipeline.name}: mappings into {part.target} disagree on the conflict "
+                                f"policy ({seen[part.target][0]} and {policy[0]}, or their metadata columns); "
+                                f"one target table has one policy")
+    return problems
 
 
 def rule_resources(config: Config, pipeline: PipelineConfig) -> RuleResources:

@@ -596,7 +596,8 @@ class Reconciler:
     def _map(self, cp: ComparePlan, row: dict) -> dict | None:
         source_key = tuple(row.get(c) for c in cp.captured.key)
         event = ChangeEvent(Op.READ, cp.captured.info.id, source_key, None, row, seq=0, origin=self.plan.node_id,
-                            captured_at=datetime.now(timezone.utc), source_node=self.plan.node_id, snapshot=True)
+                            origin_tier=self.plan.node_tier, captured_at=datetime.now(timezone.utc),
+                            source_node=self.plan.node_id, snapshot=True)
         try:
             changes = cp.mapping.map(event)
         except (ValueError, TypeError, ArithmeticError) as exc:
@@ -647,13 +648,15 @@ class Reconciler:
                         row = rows.get(key_text)
                         if row is not None:
                             event = ChangeEvent(Op.READ, cp.captured.info.id, back(key), None, row, seq=i,
-                                                origin=self.plan.node_id, captured_at=now,
+                                                origin=self.plan.node_id, origin_tier=self.plan.node_tier,
+                                                captured_at=now,
                                                 source_node=self.plan.node_id, snapshot=True)
                             changes.append(TargetChange("upsert", cp.mapping.target, key, row, event,
                                                         cp.mapping.target_key))
                         elif kind == "extra" and delete:
                             event = ChangeEvent(Op.DELETE, cp.captured.info.id, back(key), None, None, seq=i,
-                                                origin=self.plan.node_id, captured_at=now,
+                                                origin=self.plan.node_id, origin_tier=self.plan.node_tier,
+                                                captured_at=now,
                                                 source_node=self.plan.node_id)
                             changes.append(TargetChange("delete", cp.mapping.target, key, None, event,
                                                         cp.mapping.target_key))

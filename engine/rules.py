@@ -13,15 +13,25 @@ from __future__ import annotations
 import csv
 import logging
 import time
+import weakref
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable
 
-from .casts import CASTS
+from .casts import CASTS, caster
 from .config import Config, MappingConfig, PipelineConfig
 from .errors import TerminalError, TiersyncError
 from .expressions import ExpressionError, compile_expression
-from .functions import FUNCTIONS, keyed_hash, mask_id_card, mask_phone, normalize_text, parse_date, parse_number
+from .functions import (
+    FUNCTIONS,
+    keyed_hash,
+    mask_id_card,
+    mask_phone,
+    memo_text,
+    normalize_text,
+    parse_date,
+    parse_number,
+)
 from .ruleconfig import ColumnRule, LookupConfig, ValueMapConfig
 from .yamlsource import LoadedYaml
 
@@ -35,7 +45,11 @@ class Unmapped(ValueError):
 
 
 class ValueMap:
-    """A code table with its unmapped policy; ``data`` is swapped whole on reload."""
+    """A code table with its unmapped policy; ``data`` is refreshed in place on reload.
+
+    Each column using the map converts through its own copy of the codes (:class:`_ColumnCodes`): a found
+    code costs one dict lookup; the copies are refreshed with ``data``.
+    """
 
     def __init__(self, name: str, config: ValueMapConfig, data: dict, loader: Callable[[], dict] | None = None):
         self.name = name
@@ -43,29 +57,34 @@ class ValueMap:
         self.data = _with_number_keys(data)
         self.loader = loader
         self.loaded_at = time.monotonic()
+        self._columns: list[weakref.ref[_ColumnCodes]] = []  # the converters' copies, while they are in use
 
     def refresh(self, now: float) -> bool:
-        """Re-read a table map; its dict is updated in place (mapping and refreshing share one thread)."""
+        """Re-read a table map; its dicts are updated in place (mapping and refreshing share one thread)."""
         if self.loader is None or now - self.loaded_at < self.config.reload:
             return False
         fresh = _with_number_keys(self.loader())
-        self.data.clear()
-        self.data.update(fresh)
+        self._columns = [ref for ref in self._columns if ref() is not None]
+        for codes in [self.data] + [ref() for ref in self._columns]:
+            if codes is not None:
+                codes.clear()
+                codes.update(fresh)
         self.loaded_at = now
         log.info("value map %s reloaded (%d codes)", self.name, len(self.data))
         return True
 
     def converter(self, column: str) -> Callable[[Any], Any]:
-        policy, default, name, get = self.config.unmapped, self.config.default, self.name, self.data.get
+        """value → code; NULL stays NULL; a value not found is tried as text, then the unmapped policy applies."""
+        codes = _ColumnCodes(self.data)
+        policy, default, name, get = self.config.unmapped, self.config.default, self.name, codes.get
 
-        def convert(value):
+        def unmapped(value):
             if value is None:
                 return None
-            found = get(value, _MISSING)
-            if found is _MISSING and not isinstance(value, str):
+            if not isinstance(value, str):
                 found = get(str(value), _MISSING)
-            if found is not _MISSING:
-                return found
+                if found is not _MISSING:
+                    return found
             if policy == "keep":
                 return value
             if policy == "null":
@@ -73,13 +92,24 @@ class ValueMap:
             if policy == "default":
                 return default
             raise Unmapped(f"value {value!r} of column {column!r} is not in value map {name!r}")
-        convert.nullsafe = True
-        return convert
+        codes.unmapped = unmapped
+        self._columns.append(weakref.ref(codes))
+        return codes.__getitem__
+
+
+class _ColumnCodes(dict):
+    """One column's copy of a value map's codes: lookups of found codes run at dict speed, misses (and NULL,
+    never a key) go to ``unmapped``."""
+
+    __slots__ = ("unmapped", "__weakref__")
+
+    def __missing__(self, value):
+        return self.unmapped(value)
 
 
 def _with_number_keys(data: dict) -> dict:
-    """Codes read as text also match integer source values ("01" stays text-only)."""
-    out = dict(data)
+    """Codes read as text also match integer source values ("01" stays text-only); NULL is never a code."""
+    out = {key: value for key, value in data.items() if key is not None}
     for key, value in data.items():
         if isinstance(key, str) and key.isdigit() and (key == "0" or not key.startswith("0")):
             out.setdefault(int(key), value)
@@ -203,12 +233,11 @@ def column_converter(rule: ColumnRule, column: str, resources: RuleResources | N
     """One function doing the rule's steps in order: default → trim/normalize/case → cast → map → mask."""
     steps: list[Callable[[Any], Any]] = []
     if rule.trim:
-        steps.append(lambda v: v.strip() if isinstance(v, str) else v)
+        steps.append(_text_step(str.strip))
     if rule.normalize:
-        steps.append(lambda v: normalize_text(v) if isinstance(v, str) else v)
+        steps.append(_text_step(normalize_text))
     if rule.case:
-        upper = rule.case == "upper"
-        steps.append(lambda v: (v.upper() if upper else v.lower()) if isinstance(v, str) else v)
+        steps.append(_text_step(str.upper if rule.case == "upper" else str.lower))
     if rule.cast:
         steps.append(_cast_step(rule))
     if rule.map is not None:
@@ -225,8 +254,7 @@ def column_converter(rule: ColumnRule, column: str, resources: RuleResources | N
     if not steps and default is None:
         return None
     if len(steps) == 1 and default is None:
-        only = steps[0]
-        return only if getattr(only, "nullsafe", False) else _nullsafe(only)
+        return steps[0]  # every step keeps NULL as NULL
 
     def convert(value):
         if value is None:
@@ -241,36 +269,49 @@ def column_converter(rule: ColumnRule, column: str, resources: RuleResources | N
     return convert
 
 
-def _nullsafe(step):
-    return lambda v: None if v is None else step(v)
+def _text_step(change: Callable[[str], str]) -> Callable[[Any], Any]:
+    """A step on text only: other values (NULL included) pass unchanged."""
+    def step(value):
+        return change(value) if isinstance(value, str) else value
+    return step
 
 
 def _cast_step(rule: ColumnRule) -> Callable[[Any], Any]:
+    """The rule's cast as one step keeping NULL as NULL. Dates and times read with a format remember the
+    results of recent texts (strptime costs more than the rest of a row)."""
     cast, fmt, units = rule.cast, rule.format, rule.units
     if units and cast in ("int", "float", "decimal"):
-        final = CASTS[cast]
-        factors = sorted(((u, Decimal(str(f))) for u, f in units.items()), key=lambda p: -len(p[0]))
-
-        def with_units(value):
-            if isinstance(value, str):  # fast path: ASCII digits and a known unit ("12.5万元")
-                for unit, factor in factors:
-                    if value.endswith(unit):
-                        number = value[:-len(unit)]
-                        if number.isascii() and number.replace(".", "", 1).isdigit():
-                            result = Decimal(number) * factor
-                            return result if cast == "decimal" else final(result)
-                        break
-            return final(parse_number(value, units))
-        return with_units
+        return _unit_cast(cast, units)
     if fmt and cast == "date":
-        return lambda v: parse_date(v, fmt)
+        return memo_text(lambda v: parse_date(v, fmt))
     if fmt and cast in ("timestamp", "timestamptz", "time"):
         final = CASTS[cast]
         parse = FUNCTIONS["parse_timestamp"]
-        return lambda v: final(parse(v, fmt) if isinstance(v, str) else v)
+        return memo_text(lambda v: None if v is None else final(parse(v, fmt) if isinstance(v, str) else v))
     if fmt and cast == "text":
-        return lambda v: v.strftime(fmt) if hasattr(v, "strftime") and not isinstance(v, str) else CASTS["text"](v)
-    return CASTS[cast]
+        return lambda v: None if v is None else \
+            v.strftime(fmt) if hasattr(v, "strftime") and not isinstance(v, str) else CASTS["text"](v)
+    return caster(cast)
+
+
+def _unit_cast(cast: str, units: dict) -> Callable[[Any], Any]:
+    """A number with a unit ("12.5万元" with 万元: 10000) cast to int, float or decimal."""
+    final = CASTS[cast]
+    decimal = cast == "decimal"
+    factors = sorted(((u, Decimal(str(f))) for u, f in units.items()), key=lambda p: -len(p[0]))
+
+    def with_units(value):
+        if isinstance(value, str):  # fast path: ASCII digits and a known unit ("12.5万元")
+            for unit, factor in factors:
+                if value.endswith(unit):
+                    number = value[:-len(unit)]
+                    if number.isascii() and number.replace(".", "", 1).isdigit():
+                        return Decimal(number) * factor if decimal else final(Decimal(number) * factor)
+                    break
+        elif value is None:
+            return None
+        return final(parse_number(value, units))
+    return with_units
 
 
 def _mask_step(mask: str, column: str, resources: RuleResources | None) -> Callable[[Any], Any]:
@@ -286,7 +327,6 @@ def _mask_step(mask: str, column: str, resources: RuleResources | None) -> Calla
     else:
         def step(value):
             return None
-    step.nullsafe = True
     return step
 
 
@@ -338,6 +378,12 @@ def offline_problems(pipeline: PipelineConfig, index: int, mapping: MappingConfi
     if mapping.conflict == "newer_wins" and not mapping.metadata.captured_at:
         problems.append(f"{at(base + ('conflict',))}: conflict: newer_wins needs metadata: {{captured_at: COLUMN}}, "
                         f"the target column holding the commit time of each row's last change")
+    if mapping.conflict == "higher_tier_wins" and not mapping.metadata.tier:
+        problems.append(f"{at(base + ('conflict',))}: conflict: higher_tier_wins needs metadata: {{tier: COLUMN}}, "
+                        f"the target column holding the tier of the node that last wrote each row")
+    if mapping.conflict != "source_wins" and (mapping.mode or pipeline.target.mode) == "append":
+        problems.append(f"{at(base + ('conflict',))}: conflict: {mapping.conflict} has no meaning in mode append "
+                        f"(history rows are only inserted)")
     for i, lookup in enumerate(mapping.lookups):
         if lookup.database not in config.databases:
             problems.append(f"{at(base + ('lookups', i, 'database'))}: lookup database {lookup.database!r} is not "

@@ -170,6 +170,11 @@ class Reader(ABC):
     @abstractmethod
     def acknowledge(self, position: str) -> None: ...
 
+    def encode_rows(self, tables: set[TableId], format: str | None) -> None:  # noqa: B027 - optional
+        """Hand out complete ``after`` images of ``tables`` as :class:`~engine.encoded.EncodedRow` in
+        ``format`` from the next read on, where this reader can (None or an empty set: dicts only).
+        A reader that cannot produce that format ignores the call."""
+
     def close(self) -> None:  # noqa: B027 - optional
         pass
 
@@ -226,7 +231,13 @@ class TargetSession(ABC):
     raises :class:`~engine.errors.RowRejected`, a lost connection
     :class:`~engine.errors.TransientError`, anything needing a person
     :class:`~engine.errors.TerminalError`.
+
+    A session whose ``encoded_format`` names a format also takes rows of that format
+    (:class:`~engine.encoded.EncodedRow`) in ``upsert``, ``upsert_new`` and ``insert``, a whole list at a
+    time (never mixed with tuples), and writes their lines as they are.
     """
+
+    encoded_format: str | None = None
 
     @abstractmethod
     def begin(self) -> None: ...
@@ -257,11 +268,17 @@ class TargetSession(ABC):
     @abstractmethod
     def upsert(self, table: TableInfo, columns: list[str], key: list[str], rows: list[tuple]) -> None: ...
 
-    def upsert_newer(self, table: TableInfo, columns: list[str], key: list[str], rows: list[tuple],
-                     time_column: str) -> None:
-        """Upsert, but leave a target row whose ``time_column`` is newer than the incoming row's (newer_wins)."""
+    def current_rows(self, table: TableInfo, key: list[str], columns: list[str], keys: list[tuple]) -> list[tuple]:
+        """The rows of ``table`` whose ``key`` is one of ``keys``, as tuples of ``columns`` (which start with
+        ``key``), locked until the transaction ends: what a conflict policy (engine.conflict) settles against."""
         from .errors import TerminalError
-        raise TerminalError(f"conflict: newer_wins is not supported by this target ({type(self).__name__})")
+        raise TerminalError(f"conflict policies other than source_wins are not supported by this target "
+                            f"({type(self).__name__})")
+
+    def upsert_new(self, table: TableInfo, columns: list[str], key: list[str], rows: list[tuple]) -> None:
+        """As :meth:`upsert`, for rows the source has just inserted (the target most likely lacks them):
+        a session may try a cheaper plain insert first, as long as the outcome is the upsert's."""
+        self.upsert(table, columns, key, rows)
 
     @abstractmethod
     def insert(self, table: TableInfo, columns: list[str], rows: list[tuple]) -> None: ...
@@ -341,7 +358,7 @@ class Connector(ABC):
         """What applies batches through ``session``: the set-based :class:`engine.apply.BatchApplier` by default."""
         from .apply import BatchApplier
 
-        return BatchApplier(session, plan.target_tables, plan.newer_wins())
+        return BatchApplier(session, plan.target_tables, plan.conflict_rules(), plan.target_tier)
 
     def write_statements(self, kind: str, table: TableId, columns: list[str], key: list[str]) -> list[str]:
         """The statements a target session runs for one group of changes (shown by `rules test`; never run)."""

@@ -59,7 +59,10 @@ class Snapshot:
         plan.target.ensure_state()
         session = plan.target.target_session()
         try:
-            applier = BatchApplier(session, plan.target_tables, plan.newer_wins())
+            # a (re-)load brings the target to the source's rows: conflict: reject has no before-image to hold
+            # them to, while newer_wins and higher_tier_wins still keep what they keep
+            rules = {t: r for t, r in plan.conflict_rules().items() if r.policy != "reject"}
+            applier = BatchApplier(session, plan.target_tables, rules, plan.target_tier)
             return [self._load(applier, table) for table in self.tables if not self.stop.is_set()]
         finally:
             session.close()
@@ -106,8 +109,8 @@ class Snapshot:
         changes, rejected = [], []
         for i, row in enumerate(rows):
             event = ChangeEvent(Op.READ, table.info.id, tuple(row[c] for c in table.key), None, row, seq=i,
-                                origin=self.plan.node_id, captured_at=now, source_node=self.plan.node_id,
-                                snapshot=True)
+                                origin=self.plan.node_id, origin_tier=self.plan.node_tier, captured_at=now,
+                                source_node=self.plan.node_id, snapshot=True)
             try:
                 changes.extend(mapping.map(event))
             except (ValueError, TypeError, ArithmeticError) as exc:

@@ -253,7 +253,7 @@ def slot_status(config_path: str, pipeline_name: str) -> None:
 @click.option("--once", is_flag=True, help="drain what is pending, then exit")
 def run(config_path: str, pipeline_name: str | None, once: bool) -> None:
     """Run the node's pipelines until SIGTERM/SIGINT (or, with --once, until nothing is pending)."""
-    from engine.node import run_node
+    from engine.node import run_node, tune_garbage_collector
 
     config = load_node(config_path)
     names = [pipeline_name] if pipeline_name else [p.name for p in config.pipelines]
@@ -266,6 +266,7 @@ def run(config_path: str, pipeline_name: str | None, once: bool) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    tune_garbage_collector()
     failures = run_node(config, names, once=once, stop=stop, network=pipeline_name is None)
     if failures:
         for name, error in failures.items():
@@ -277,14 +278,27 @@ def run(config_path: str, pipeline_name: str | None, once: bool) -> None:
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def status(config_path: str, as_json: bool) -> None:
-    """Each pipeline's source position, applied position, pending changes, lag and dead letters."""
-    from engine.node import pipeline_status
+    """Each pipeline's source position, applied position, pending changes, lag and dead letters; and on a node
+    with an exchange, each link's outbox backlog and the inbox's batches received but not yet applied."""
+    from engine.node import exchange_status, pipeline_status
 
     config = load_node(config_path)
     rows = [pipeline_status(config, p.name) for p in config.pipelines]
+    exchange = exchange_status(config)
     if as_json:
-        click.echo(json.dumps([asdict(r) for r in rows], indent=2))
-        return
+        doc = {"pipelines": [asdict(r) for r in rows]}
+        if exchange is not None:
+            doc["exchange"] = asdict(exchange)
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        _print_pipelines(rows)
+        if exchange is not None:
+            _print_exchange(exchange)
+    if any(r.error for r in rows) or (exchange is not None and exchange.error):
+        sys.exit(1)
+
+
+def _print_pipelines(rows) -> None:
     click.echo(f"{'pipeline':24} {'pending':>8} {'lag(s)':>9} {'dead':>5}  {'applied position':28} source")
     for row in rows:
         if row.error:
@@ -295,8 +309,22 @@ def status(config_path: str, as_json: bool) -> None:
                    f"{row.applied_position:28} {row.source_position}")
         if row.warning:
             click.secho(f"  warning: {row.warning}", fg="yellow")
-    if any(r.error for r in rows):
-        sys.exit(1)
+
+
+def _print_exchange(exchange) -> None:
+    click.echo()
+    if exchange.error:
+        click.echo(f"exchange database error: {exchange.error}")
+        return
+    click.echo(f"{'backlog':8} {'peer':24} {'consumer':16} {'batches':>8} {'changes':>9} {'oldest(s)':>10} "
+               f"{'last seq':>9}")
+    for row in exchange.backlogs:  # last seq: queued for the link (outbox), applied by the consumer (inbox)
+        click.echo(f"{row.side:8} {row.peer:24} {row.consumer or '-':16} {row.batches:>8} {row.changes:>9} "
+                   f"{row.age_seconds:>10.1f} {row.last_seq:>9}")
+        if row.warning:
+            click.secho(f"  warning: {row.side} {row.peer}: {row.warning}", fg="yellow")
+    if not any(r.side == "inbox" for r in exchange.backlogs):
+        click.echo("inbox    nothing received is waiting to be applied")
 
 
 # ------------------------------------------------------------------ checkpoints and dead letters
@@ -417,11 +445,13 @@ def snapshot(config_path: str, pipeline_name: str, tables: tuple[str, ...], wher
 
 # command groups that live in their own modules
 from ops.binlog_cli import binlog  # noqa: E402
+from ops.bundle_cli import bundle  # noqa: E402
 from ops.compact_cli import compact  # noqa: E402
-from ops.exchange_cli import trace  # noqa: E402
+from ops.exchange_cli import inbox, outbox, trace  # noqa: E402
 from ops.exchange_demo import demo_network  # noqa: E402
 from ops.reconcile_cli import reconcile  # noqa: E402
+from ops.reload_cli import reload  # noqa: E402
 from ops.rules_cli import rules  # noqa: E402
 
-for _command in (binlog, reconcile, compact, rules, trace, demo_network):
+for _command in (binlog, bundle, reconcile, compact, rules, trace, inbox, outbox, demo_network, reload):
     main.add_command(_command)

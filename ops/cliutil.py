@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+import socket
 import sys
 
 import click
@@ -23,6 +25,15 @@ def load_node(path: str) -> Config:
         for problem in exc.problems:
             click.echo(f"  {problem}", err=True)
         sys.exit(2)
+
+
+def operator_name() -> str:
+    """Who runs this command, as user@host (recorded with what the command did)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
 
 
 def guard(action):

@@ -1,4 +1,4 @@
-"""``tiersync trace``: where a change went across the exchange network."""
+"""``tiersync trace`` (where a change went across the exchange network), `inbox accept-sequence` and `outbox resend`."""
 
 from __future__ import annotations
 
@@ -55,3 +55,49 @@ def trace(config_path: str, batch_id: str | None, table: str | None, key_json: s
         fail(f"nothing known about {', '.join(ids)}")
     for row in rows:
         click.echo(f"{row.at}  {row.node:<20} {row.status:<10} {row.batch_id}  {row.detail}")
+
+
+@click.group()
+def inbox() -> None:
+    """What this node received over its links."""
+
+
+@inbox.command("accept-sequence")
+@config_option
+@click.option("--sender", required=True, help="the link (node id) whose batches are to be taken up again")
+@click.option("--from", "first", type=int, required=True, help="the first sequence number to take")
+def accept_sequence(config_path: str, sender: str, first: int) -> None:
+    """Take SENDER's batches again from sequence FROM on, after its outbox was restored from an old backup.
+
+    Such a sender numbers new batches from an old sequence, which this node would drop as repeats. Stop both
+    nodes, run this here, then `tiersync outbox resend --link <this node> --from FROM` on the sender.
+    """
+    from engine.resequence import accept_sequence as accept
+
+    reset = guard(lambda: accept(load_node(config_path), sender, first))
+    where = ", ".join(reset.pipelines + (["the kafka receiving end"] if reset.kafka_receiver else []))
+    click.echo(f"{sender}: the next batch taken is {first} ({where or 'no inbox pipeline'}); "
+               f"{reset.dropped} received batch(es) from {first} on dropped, to be sent again")
+
+
+@click.group()
+def outbox() -> None:
+    """What this node queued for its links."""
+
+
+@outbox.command("resend")
+@config_option
+@click.option("--link", "link_name", required=True, help="the link (receiving node id)")
+@click.option("--from", "first", type=int, required=True, help="the first sequence number to send again")
+def resend(config_path: str, link_name: str, first: int) -> None:
+    """Send the link's outbox batches from sequence FROM on again (with the node stopped).
+
+    The receiver's `tiersync inbox accept-sequence` comes first; batches it already has are ignored there.
+    """
+    from engine.resequence import resend_from
+
+    count = guard(lambda: resend_from(load_node(config_path), link_name, first))
+    if count == 0:
+        fail(f"{link_name}: no outbox batch from {first} on (acknowledged batches are kept "
+             f"exchange.retention.outbox_days)")
+    click.echo(f"{link_name}: {count} batch(es) from {first} on will be sent again")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import getpass
 import json
-import socket
 import sys
 import time
 from datetime import datetime, timezone
@@ -12,7 +10,7 @@ from datetime import datetime, timezone
 import click
 
 from engine.errors import ConfigError, TiersyncError
-from ops.cliutil import config_option, load_node, pipeline_option
+from ops.cliutil import config_option, load_node, operator_name, pipeline_option
 
 EQUAL, DRIFTED, ERROR = 0, 1, 2
 
@@ -118,7 +116,7 @@ def reconcile(ctx, config_path, pipeline_name, tables, where, target_where, sinc
                     result = "drifted" if report.drifted else ("repaired" if repaired else "equal")
                     clean = clean and not report.drifted
                     mode = "since-checkpoint" if only is not None else ("where" if where else "full")
-                    record = run_record(pipeline_name, report, run_started, _who(), mode, result, repaired)
+                    record = run_record(pipeline_name, report, run_started, operator_name(), mode, result, repaired)
                     _guarded(lambda r=record: plan.target.save_reconcile_run(r))
                     document["tables"].append(entry)
                     source_entry = entry.get("after_repair", entry)
@@ -147,14 +145,6 @@ def reconcile(ctx, config_path, pipeline_name, tables, where, target_where, sinc
         _print(document, show_keys, keys_file)
     drifted = totals["missing"] + totals["extra"] + totals["different"]
     sys.exit(DRIFTED if drifted else EQUAL)
-
-
-def _who() -> str:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"
 
 
 @reconcile.command("history")

@@ -64,15 +64,87 @@ def type_problems(plan) -> list[str]:
     return problems
 
 
-_PLAN_PROBLEM = re.compile(r"^pipeline (?P<pipeline>[^,:]+), mapping (?P<source>\S+) → (?P<target>\S+): "
-                           r"(?:(?P<rule>filter|computed\.[^:]+|columns\.[^:]+): |source column '(?P<column>[^']+)')")
+_MAPPING_PROBLEM = re.compile(r"^pipeline (?P<pipeline>[^,:]+), mapping (?P<source>\S+) → (?P<target>\S+): "
+                              r"(?P<what>.*)$", re.S)
+_PIPELINE_PROBLEM = re.compile(r"^pipeline (?P<pipeline>[^,:]+): (?P<what>.*)$", re.S)
+
+
+def _mapping_index(pipeline: PipelineConfig, source: str, target: str) -> int | None:
+    """The mapping of ``pipeline`` from ``source`` to ``target`` (either may be schema-qualified or not)."""
+    short = target.rpartition(".")[2]
+    candidates = [j for j, m in enumerate(pipeline.mappings)
+                  if m.source.rpartition(".")[2] == source.rpartition(".")[2]]
+    return next((j for j in candidates if (pipeline.mappings[j].target or pipeline.mappings[j].source)
+                 .rpartition(".")[2] == short), candidates[0] if candidates else None)
+
+
+def _producer(mapping: MappingConfig, column: str) -> tuple:
+    """Where in a mapping a target column comes from (a column rule, computed, constant or metadata)."""
+    for source, rule in mapping.columns.items():
+        if column == (rule.to if isinstance(rule, ColumnRule) else rule) or \
+                (isinstance(rule, ColumnRule) and rule.to is None and source == column):
+            return ("columns", source)
+    for section in ("computed", "constants"):
+        if column in getattr(mapping, section):
+            return (section, column)
+    for name, value in mapping.metadata.model_dump().items():
+        if value == column:
+            return ("metadata", name)
+    return ()
+
+
+def _mapping_rule_path(mapping: MappingConfig, what: str) -> tuple:
+    """The part of one mapping a live-schema problem is about (empty: the mapping as a whole)."""
+    if rule := re.match(r"(filter|computed\.[^:]+|columns\.[^:]+): ", what):
+        return tuple(rule[1].split(".", 1))
+    if named := re.match(r"source column '([^']+)'", what):
+        return ("columns", named[1]) if named[1] in mapping.columns else ("drop",)
+    if named := re.match(r"column '([^']+)' is (?:not in the target table|generated)", what):
+        return _producer(mapping, named[1])
+    if named := re.match(r"type mismatch: source (\S+) is", what):
+        return ("columns", named[1]) if named[1] in mapping.columns else ()
+    for start, part, present in (("conflict: ", "conflict", True), ("no target key", "key", bool(mapping.key)),
+                                 ("target key", "key", bool(mapping.key)),
+                                 ("target table", "target", bool(mapping.target))):
+        if what.startswith(start):
+            return (part,) if present else ()
+    return ()
+
+
+def _pipeline_rule_path(pipeline: PipelineConfig, what: str) -> tuple:
+    """The part of a pipeline a live-schema problem is about."""
+    if what.startswith(("source database", "target database")):
+        return (what.split(" ", 1)[0], "database")
+    if named := re.match(r"key column '[^']+' is not in (\S+)", what):
+        j = _mapping_index(pipeline, named[1], named[1])
+        if j is not None and pipeline.mappings[j].source_key:
+            return ("mappings", j, "source_key")
+    if named := re.match(r"mappings into (\S+) disagree", what):
+        short = named[1].rpartition(".")[2]
+        into = [j for j, m in enumerate(pipeline.mappings) if (m.target or m.source).rpartition(".")[2] == short]
+        if into:
+            return ("mappings", into[-1], "conflict")
+    if (named := re.search(r"value map (\w+)", what)) and named[1] in pipeline.value_maps:
+        return ("value_maps", named[1])
+    if "source table" in what or "primary key" in what or "key column" in what:
+        return ("source", "tables")
+    return ()
+
+
+def _value_at(data, path: tuple):
+    for part in path:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
 
 
 def locate(config: Config, problem: str) -> str:
-    """Prefix a live-schema problem about a rule with the file:line:column of that rule."""
+    """Prefix a live-schema problem with the file:line(:column) of the rule or setting it is about."""
     from engine.yamlsource import load_yaml
 
-    match = _PLAN_PROBLEM.match(problem)
+    match = _MAPPING_PROBLEM.match(problem) or _PIPELINE_PROBLEM.match(problem)
     if not match or not config.source_file:
         return problem
     names = [p.name for p in config.pipelines]
@@ -80,24 +152,20 @@ def locate(config: Config, problem: str) -> str:
         return problem
     i = names.index(match["pipeline"])
     pipeline = config.pipelines[i]
-    target = match["target"].rpartition(".")[2]
-    candidates = [j for j, m in enumerate(pipeline.mappings) if m.source == match["source"]]
-    j = next((j for j in candidates if (pipeline.mappings[j].target or "").rpartition(".")[2] == target),
-             candidates[0] if candidates else None)
-    if j is None:
-        return problem
-    path: tuple = ("pipelines", i, "mappings", j)
-    if match["rule"]:
-        path += tuple(match["rule"].split(".", 1))
-    elif match["column"]:
-        path += ("columns", match["column"]) if match["column"] in pipeline.mappings[j].columns else ("drop",)
+    path: tuple = ("pipelines", i)
+    j = _mapping_index(pipeline, match["source"], match["target"]) if "source" in match.groupdict() else None
+    if j is not None:
+        path += ("mappings", j) + _mapping_rule_path(pipeline.mappings[j], match["what"])
+    elif "source" in match.groupdict():  # a table without a mapping of its own: where the pipeline lists it
+        path += ("source", "tables")
+    else:
+        path += _pipeline_rule_path(pipeline, match["what"])
     source = load_yaml(config.source_file)
     line, column = source.line_of(path), source.column_of(path)
     name = re.search(r"no column '([^']+)'|unknown name '([^']+)'|unknown function (\w+)\(", problem)
-    text = source.data
-    for part in path:
-        text = text[part] if isinstance(text, (dict, list)) else None
-    if column and name and isinstance(text, str) and match["rule"] in ("filter", f"computed.{path[-1]}"):
+    text = _value_at(source.data, path)
+    in_expression = path[-1] == "filter" or path[-2:-1] == ("computed",)
+    if column and name and isinstance(text, str) and in_expression:
         found = text.find(next(g for g in name.groups() if g))
         raw = Path(config.source_file).read_text(encoding="utf-8").splitlines()[line - 1]
         quoted = raw[column - 1:column] in ("'", '"')
@@ -127,9 +195,9 @@ def validate(config_path: str, offline: bool) -> None:
                 problems += [locate(config, p) for p in exc.problems]
                 continue
             except TiersyncError as exc:
-                problems.append(str(exc))
+                problems.append(locate(config, str(exc)))
                 continue
-            problems += type_problems(plan)
+            problems += [locate(config, p) for p in type_problems(plan)]
             plan.close()
     for note in unreachable:
         click.secho(f"not checked against live schemas: {note}", fg="yellow", err=True)
@@ -193,8 +261,9 @@ class RecordingSession(TargetSession):
     def upsert(self, table, columns, key, rows):
         self.calls.append(("upsert", table.id, list(columns), list(key), len(rows)))
 
-    def upsert_newer(self, table, columns, key, rows, time_column):
-        self.calls.append(("upsert newer", table.id, list(columns), list(key) + [time_column], len(rows)))
+    def current_rows(self, table, key, columns, keys):
+        self.calls.append(("current rows", table.id, list(columns), list(key), len(keys)))
+        return []  # as if no target row existed: every change is shown as it would apply
 
     def insert(self, table, columns, rows):
         self.calls.append(("insert", table.id, list(columns), [], len(rows)))
@@ -260,7 +329,7 @@ def _events(plan, table: CapturedTable, sample, row_json, before_json, op) -> li
         finally:
             scanner.close()
         return [ChangeEvent(Op.READ, table.info.id, tuple(r.get(c) for c in table.key), None, r, i, origin=node,
-                            captured_at=now, source_node=node) for i, r in enumerate(rows)]
+                            origin_tier=plan.node_tier, captured_at=now, source_node=node) for i, r in enumerate(rows)]
     try:
         after = json.loads(row_json) if row_json else None
         before = json.loads(before_json) if before_json else None
@@ -276,7 +345,7 @@ def _events(plan, table: CapturedTable, sample, row_json, before_json, op) -> li
                            f"columns: {', '.join(table.info.column_names)}"])
     image = after or before
     return [ChangeEvent(Op(op), table.info.id, tuple(image.get(c) for c in table.key), before, after, 0,
-                        origin=node, captured_at=now, source_node=node)]
+                        origin=node, origin_tier=plan.node_tier, captured_at=now, source_node=node)]
 
 
 def _show(plan, mapping, events: list[ChangeEvent], target_known: bool) -> None:
@@ -306,7 +375,7 @@ def _show(plan, mapping, events: list[ChangeEvent], target_known: bool) -> None:
     if not target_known:
         return
     session = RecordingSession()
-    applier = BatchApplier(session, plan.target_tables, plan.newer_wins())
+    applier = BatchApplier(session, plan.target_tables, plan.conflict_rules(), plan.target_tier)
     applier.apply_open(Batch(plan.config.name, changes, "test", len(events)))
     click.echo("\n-- the statements one batch of these rows would run (in one transaction; nothing was run):")
     for kind, table, columns, key, count in session.calls:
@@ -375,12 +444,23 @@ def describe(pipeline: PipelineConfig, m: MappingConfig) -> list[str]:
                      + of + " (deterministic surrogate key)")
     meta = {k: v for k, v in m.metadata.model_dump().items() if v}
     for what, column in meta.items():
-        lines.append(f"  {column} = the change's {what.replace('_', ' ')}")
+        lines.append(f"  {column} = the change's {'origin tier' if what == 'tier' else what.replace('_', ' ')}")
+    lines.append(f"  when the target row was changed by someone else: {_CONFLICT_WORDS[m.conflict].format(**meta)}")
     key = m.key or ([m.surrogate_key.column] if m.surrogate_key else ["the source key, renamed"])
     if m.discriminator and m.discriminator.column not in key:
         key = list(key) + [m.discriminator.column]
     lines.append(f"  target key: {', '.join(key)}")
     return lines
+
+
+_CONFLICT_WORDS = {
+    "source_wins": "the source wins (conflict: source_wins)",
+    "newer_wins": "kept if its {captured_at} is later than the change's commit time (conflict: newer_wins)",
+    "higher_tier_wins": "kept, and the change sent to dead letters, if its {tier} names a higher tier than the "
+                        "change's origin (NULL: the target's own tier) (conflict: higher_tier_wins)",
+    "reject": "the change goes to dead letters when the row differs from the source's before-image, or an insert "
+              "finds different values (conflict: reject)",
+}
 
 
 def _steps(rule: ColumnRule, pipeline: PipelineConfig) -> str:

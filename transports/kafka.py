@@ -19,13 +19,15 @@ import threading
 import time
 from typing import Any
 
-from engine.batchcodec import batch_lines, batch_of_lines, decode_batch
+from engine.batchcodec import batch_lines, batch_of_lines
 from engine.config import Config
-from engine.debezium import ENVELOPE_DECODER, AvroTopicWriter, SchemaRegistry, from_avro, to_json
+from engine.debezium import ENVELOPE_DECODER, SchemaRegistry, envelope_key, to_json
 from engine.errors import TerminalError, TransientError
 from engine.exchange import OutgoingBatch, TraceRow
 from engine.jsontext import dumps_exact
-from engine.transport import Transport
+from engine.transport import Transport, retry_delay
+
+from .kafka_avro import LinkReader, LinkTopicWriter
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,7 @@ class KafkaTransport(Transport):
                 raise TransientError(f"kafka {self.link.brokers}: {exc}") from None
             self._topics: set[str] = set()
             self._registry = _schema_registry(self.link.brokers, self._producer)
-            self._writers: dict[str, AvroTopicWriter] = {}
+            self._writers: dict[str, LinkTopicWriter] = {}
             routes = self.config.exchange.tables
             self._keys = {table: route.key for table, route in routes.items()}
         return self._producer
@@ -106,46 +108,66 @@ class KafkaTransport(Transport):
     def topic(self, table: str) -> str:
         return f"{self.node}.{self.link_name}.{table}"
 
+    def _writer(self, table: str) -> LinkTopicWriter:
+        topic = self.topic(table)
+        writer = self._writers.get(topic)
+        if writer is None:
+            writer = self._writers[topic] = LinkTopicWriter(topic, table, self._registry)
+        return writer
+
     def encode(self, event) -> bytes:
-        if self.link.format == "avro":
-            topic = self.topic(event.table.name)
-            writer = self._writers.get(topic)
-            if writer is None:
-                writer = self._writers[topic] = AvroTopicWriter(topic, self._registry)
-            return writer.encode(event)
-        return to_json(event)
+        return self._writer(event.table.name).encode(event) if self.link.format == "avro" else to_json(event)
 
     def send(self, batch: OutgoingBatch) -> bool:
+        return self.send_all([batch])[0]
+
+    def send_all(self, batches: list[OutgoingBatch]) -> list[bool]:
+        """Produce every message of ``batches``, then wait once for all acknowledgements (acks=all): encoding the
+        next messages overlaps the broker's work on the last ones. Any failure fails them all (sent again)."""
         kafka = _kafka()
         producer = self._connect()
-        if self.link.format == "avro":
-            messages = [(e.table.name, e.key, self.encode(e)) for e in decode_batch(batch.payload)]
-        else:  # the batch's lines are already the JSON envelopes: only table and key are read from them
-            messages = []
-            for line in batch_lines(batch.payload):
-                doc = ENVELOPE_DECODER.decode(line.decode())
-                key = doc["key"] or {}
-                messages.append((doc["source"]["table"], [key[str(i)] for i in range(len(key))], line))
-        common = [("tiersync-batch", batch.batch_id.encode()), ("tiersync-seq", str(batch.seq).encode()),
-                  ("tiersync-count", str(len(messages)).encode())]
         try:
             if self.link.format == "avro":
                 self._ensure_topic(SCHEMA_TOPIC)
             futures = []
-            for index, (table, key_values, value) in enumerate(messages):
-                topic = self.topic(table)
-                self._ensure_topic(topic)
-                columns = self._keys.get(table) or [str(i) for i in range(len(key_values))]
-                key = dumps_exact(dict(zip(columns, key_values))).encode()
-                futures.append(producer.send(topic, key=key, value=value,
-                                             headers=[*common, ("tiersync-index", str(index).encode())]))
+            for batch in batches:
+                futures += self._produce(producer, batch)
             producer.flush(self.link.timeout)
             for future in futures:
                 future.get(self.link.timeout)
         except kafka.errors.KafkaError as exc:
             self.close()
             raise TransientError(f"kafka {self.link.brokers}: {type(exc).__name__}: {exc}") from None
-        return True
+        return [True] * len(batches)
+
+    def _messages(self, batch: OutgoingBatch) -> list[tuple[str, list, bytes]]:
+        """(table, key values, message value) of each change of ``batch``, in order. The batch's lines are the
+        JSON envelopes: sent as they are, or turned into Avro from their values (no event is built)."""
+        avro = self.link.format == "avro"
+        messages = []
+        for line in batch_lines(batch.payload):
+            doc = ENVELOPE_DECODER.decode(line.decode())
+            table = doc["source"]["table"]
+            if avro:
+                messages.append((table, envelope_key(doc, typed=True), self._writer(table).encode_json(doc)))
+            else:
+                messages.append((table, envelope_key(doc), line))
+        return messages
+
+    def _produce(self, producer, batch: OutgoingBatch) -> list:
+        messages = self._messages(batch)
+        common = [("tiersync-batch", batch.batch_id.encode()), ("tiersync-seq", str(batch.seq).encode()),
+                  ("tiersync-count", str(len(messages)).encode())]
+        futures = []
+        send = producer.send
+        for index, (table, key_values, value) in enumerate(messages):
+            topic = self.topic(table)
+            self._ensure_topic(topic)
+            columns = self._keys.get(table) or [str(i) for i in range(len(key_values))]
+            key = dumps_exact(dict(zip(columns, key_values))).encode()
+            headers = [*common, ("tiersync-index", str(index).encode())]
+            futures.append(send(topic, key=key, value=value, headers=headers))
+        return futures
 
     def trace(self, batch_ids: list[str]) -> list[TraceRow]:
         return []  # Kafka carries no answers back: a kafka link's trace ends at "sent"
@@ -188,9 +210,7 @@ class KafkaReceiver:
                 return
             except TransientError as exc:
                 failures += 1
-                if once and failures >= 6:
-                    raise TerminalError(f"kafka link {self.link_name}: gave up: {exc}") from None
-                delay = min(30.0, 0.2 * 2 ** min(failures, 10))
+                delay = retry_delay(f"kafka link {self.link_name}", failures, exc, once)
                 log.warning("kafka link %s: %s — retrying in %.1fs", self.link_name, exc, delay)
                 self.stop.wait(delay)
             finally:
@@ -215,7 +235,7 @@ class KafkaReceiver:
         written: set[int] = set()
         pending: dict[int, dict[str, Any]] = {}
         assigned: list = []
-        registry = _schema_registry(self.link.brokers)
+        reader = LinkReader(_schema_registry(self.link.brokers))
         last_refresh = 0.0
         idle = 0
         while not self.stop.is_set():
@@ -233,7 +253,7 @@ class KafkaReceiver:
                 continue
             for tp, batch in records.items():
                 for record in batch:
-                    self._collect(record, tp, pending, done, written, registry)
+                    self._collect(record, tp, pending, done, written, reader)
             complete = sorted(seq for seq, p in pending.items() if len(p["events"]) == p["count"])
             rows = []
             for seq in complete:
@@ -272,7 +292,7 @@ class KafkaReceiver:
                 consumer.seek(tp, offset)
         return wanted
 
-    def _collect(self, record, tp, pending: dict, done: int, written: set, registry: SchemaRegistry) -> None:
+    def _collect(self, record, tp, pending: dict, done: int, written: set, reader: LinkReader) -> None:
         headers = {k: v.decode() for k, v in (record.headers or [])}
         try:
             seq, index, count = (int(headers[h]) for h in ("tiersync-seq", "tiersync-index", "tiersync-count"))
@@ -285,7 +305,7 @@ class KafkaReceiver:
             return  # a batch already stored: produced again after a sender crash
         value = record.value
         try:  # the inbox holds JSON envelopes: a JSON message is stored as it came (the inbox reader checks it)
-            line = to_json(from_avro(value, registry)) if value[:1] == b"\x00" else value
+            line = reader.to_json(value) if value[:1] == b"\x00" else value
         except (ValueError, KeyError, TypeError) as exc:
             raise TerminalError(f"kafka link {self.link_name}: {tp.topic}[{tp.partition}] offset {record.offset} "
                                 f"cannot be read: {exc}") from None

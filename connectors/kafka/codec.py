@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -21,7 +22,7 @@ from uuid import UUID
 from engine.avro import wire_encode, wire_split
 from engine.debezium import source_block, timestamp_ms
 from engine.event import ChangeEvent, Op, TableId
-from engine.jsontext import dumps_exact
+from engine.jsontext import dumps_exact, json_bytes
 
 from .schemas import ParsedSchema, SchemaRegistry
 
@@ -80,6 +81,11 @@ def _json_image(row: dict | None, kinds: dict) -> dict | None:
     return {c: v if type(v) in native else _json_cell(v, c, kinds) for c, v in row.items()}
 
 
+def _finite(row: dict | None) -> bool:
+    """No NaN or infinite float among the row's values."""
+    return row is None or all(math.isfinite(v) for v in row.values() if type(v) is float)
+
+
 def _json_unimage(image: dict | None, kinds: dict) -> dict | None:
     if image is None:
         return None
@@ -119,7 +125,9 @@ class Codec:
                "path": path}
         if kinds:
             doc["types"] = kinds
-        return _ENCODER.encode(doc).encode()
+        if _finite(before) and _finite(after):
+            return json_bytes(doc)  # JSON columns are text here, so the images' floats are the only ones
+        return _ENCODER.encode(doc).encode()  # writes NaN and Infinity as Python's json does (orjson: null)
 
     def _encode_avro(self, op, before, after, event, node, path, ts, schema: ParsedSchema) -> bytes:
         names, encoders = schema.avro_names, schema.encoders
@@ -129,7 +137,7 @@ class Codec:
             if row is None:
                 return None
             return (schema.value_name,
-                    {names[c]: v if v is None or (e := encoders.get(c)) is None else e(v) for c, v in row.items()})
+                    {names[c]: None if v is None else encoders[c](v) for c, v in row.items()})
         record = {
             "before": fields(before), "after": fields(after),
             "source": source_block(event, ts, node), "op": op, "ts_ms": ts, "origin": event.origin or node,
@@ -166,7 +174,7 @@ class Codec:
                 path=tuple(doc.get("path") or ()),
                 captured_at=datetime.fromtimestamp(source["ts_ms"] / 1000, timezone.utc),
                 source_node=source.get("name", ""), source_database=source.get("db", ""),
-                snapshot=source.get("snapshot") == "true")
+                snapshot=source.get("snapshot") == "true", origin_tier=source.get("origin_tier") or "")
         except BadMessage:
             raise
         except (KeyError, ValueError, TypeError, AttributeError) as exc:

@@ -22,6 +22,7 @@ import json
 import logging
 from collections import deque
 from dataclasses import dataclass, field
+from itertools import repeat
 
 from engine.seams import CapturedTable, DeadLetter, ReadBatch, Reader
 
@@ -108,7 +109,7 @@ class KafkaReader(Reader):
                 except Exception as exc:  # noqa: BLE001 - translated
                     raise translate(exc, "reading from Kafka") from None
                 for tp, records in got.items():
-                    self._queue.extend((tp, r) for r in records)
+                    self._queue.extend(zip(repeat(tp), records))
                 if not self._queue:
                     polled_empty = True
                     if any(self.marked.values()):  # waiting batches may settle now that partitions are read out
@@ -116,8 +117,18 @@ class KafkaReader(Reader):
                     break
             tp, record = self._queue.popleft()
             self._take(self.partitions[tp], record, events, rejected)
-        caught_up = polled_empty and not self._queue  # a batch still missing markers is read again next time
+        # an empty poll alone is not the end (a slow broker may not have answered yet): every partition must
+        # also be read to its end offset; a batch still missing markers is read again next time
+        caught_up = polled_empty and not self._queue and self._read_to_the_end()
         return ReadBatch(events, self.position(), caught_up=caught_up, rejected=rejected)
+
+    def _read_to_the_end(self) -> bool:
+        """Whether every assigned partition's next offset has reached its end offset (high watermark)."""
+        try:
+            ends = self.client.end_offsets(list(self.partitions))
+            return all(self.client.position(tp) >= ends[tp] for tp in self.partitions)
+        except Exception as exc:  # noqa: BLE001 - translated
+            raise translate(exc, "reading end offsets") from None
 
     # ------------------------------------------------------------ one record
 

@@ -134,6 +134,7 @@ SOURCE_FIELDS = [
     {"name": "table", "type": "string"},
     {"name": "txId", "type": ["null", "long"], "default": None},
     {"name": "seq", "type": "long"},
+    {"name": "origin_tier", "type": "string", "default": ""},
 ]
 
 
@@ -272,7 +273,8 @@ _CONVERT = {
 # what a value of each kind is in Python, to find the columns whose values do not fit
 FITS = {
     "boolean": lambda v: isinstance(v, bool), "long": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "double": lambda v: isinstance(v, float), "string": lambda v: isinstance(v, str),
+    "double": lambda v: isinstance(v, (float, int)) and not isinstance(v, bool),
+    "string": lambda v: isinstance(v, str),
     "bytes": lambda v: isinstance(v, bytes), "decimal": lambda v: isinstance(v, Decimal),
     "date": lambda v: isinstance(v, date) and not isinstance(v, datetime),
     "time": lambda v: isinstance(v, time) and v.tzinfo is None,
@@ -280,6 +282,34 @@ FITS = {
     "timestamptz": lambda v: isinstance(v, datetime) and v.tzinfo is not None,
     "uuid": lambda v: isinstance(v, UUID), "json": lambda v: True, "any": lambda v: True,
 }
+
+
+# the Avro type a kind is written as: the name of its branch in the field's ["null", type] union
+_BRANCH = {"boolean": "boolean", "long": "long", "double": "double", "string": "string", "bytes": "bytes",
+           "decimal": "string", "date": "int", "time": "long", "timestamp": "long", "timestamptz": "string",
+           "uuid": "string", "json": "string"}
+_PYTHON_TYPE = {"boolean": bool, "long": int, "double": float, "string": str, "bytes": bytes}
+
+
+def field_encoder(kind: str):
+    """value (not None) → the field's datum with its union branch named (fastavro's tuple notation, so the
+    writer does not test the union's branches in turn); TypeError when the value is not of the kind."""
+    if kind == "any":
+        return to_union  # names its branch itself
+    branch = _BRANCH[kind]
+    convert = _CONVERT.get(kind, (None,))[0]
+    if convert is not None:
+        return lambda value: (branch, convert(value))
+    exact, fits = _PYTHON_TYPE[kind], FITS[kind]
+    if kind == "double":  # an integer in a double column is written as a double, as fastavro's union resolution did
+        return lambda value: (branch, value if type(value) is float else float(_checked(value, fits, kind)))
+    return lambda value: (branch, value if type(value) is exact else _checked(value, fits, kind))
+
+
+def _checked(value, fits, kind: str):
+    if fits(value):
+        return value
+    raise _kind_error(value, kind)
 
 
 class ParsedSchema:
@@ -299,7 +329,7 @@ class ParsedSchema:
         self.to_column = {a: c for c, a in self.fields}
         self.avro_names = dict(self.fields)
         self.kinds = kinds_of(schema)
-        self.encoders = {c: _CONVERT[k][0] for c, k in self.kinds.items() if k in _CONVERT}
+        self.encoders = {c: field_encoder(k) for c, k in self.kinds.items()}  # value → field datum, named branch
         self.decoders = {a: _CONVERT[self.kinds[c]][1] for c, a in self.fields if self.kinds[c] in _CONVERT}
         self.value_name = f"{schema['namespace']}.Value"  # written in tuple notation: no union resolution
         self.named_unions = "any" in self.kinds.values()  # only then are record names needed when reading

@@ -29,6 +29,7 @@ import logging
 import uuid
 import zlib
 from datetime import datetime, timezone
+from functools import lru_cache
 
 from engine.apply import ApplyResult, Batch, event_to_json
 from engine.errors import TerminalError, TransientError
@@ -55,8 +56,15 @@ def dead_letter_topic(url: KafkaUrl) -> str:
 _KEY_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=json_default)
 
 
+@lru_cache(maxsize=4096)
+def _key_prefix(column: str) -> str:
+    return "{" + _KEY_ENCODER.encode(column) + ":"
+
+
 def message_key(columns: tuple[str, ...], key: tuple) -> bytes:
     """The key as a JSON object (Debezium's key without its schema); equal keys give equal bytes."""
+    if len(key) == 1 and type(key[0]) is int:  # the common key, written as the encoder below writes it
+        return f"{_key_prefix(columns[0])}{key[0]}}}".encode()
     try:
         return _KEY_ENCODER.encode(dict(zip(columns, key))).encode()
     except TypeError:

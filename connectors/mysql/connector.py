@@ -9,6 +9,7 @@ from datetime import timezone
 import pymysql
 
 from engine.config import SourceConfig
+from engine.conflict import POLICIES
 from engine.errors import TerminalError
 from engine.event import TableId
 from engine.schema import ColumnInfo, TableInfo
@@ -43,6 +44,7 @@ JSON_CHECKS_SQL = ("SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINT
 class MysqlConnector(Connector):
     """One database (the URL's); tiersync's own tables live in it, named ``tiersync_*``."""
 
+    conflict_policies = POLICIES  # read through current_rows (engine.conflict)
     scheme = "mysql"
 
     def __init__(self, url: str, state_schema: str = "tiersync"):

@@ -148,10 +148,19 @@ def insert_sql_head(table: TableId, columns: list[str]) -> str:
 
 
 def delete_sql(table: TableId, key: list[str], count: int) -> str:
+    return f"DELETE FROM {qualified(table)} WHERE {_key_in(key, count)}"
+
+
+def current_rows_sql(table: TableId, key: list[str], columns: list[str], count: int) -> str:
+    """``count`` rows of ``table`` by key, locked until the transaction ends (conflict policies)."""
+    return f"SELECT {_columns(columns)} FROM {qualified(table)} WHERE {_key_in(key, count)} FOR UPDATE"
+
+
+def _key_in(key: list[str], count: int) -> str:
     if len(key) == 1:
-        return f"DELETE FROM {qualified(table)} WHERE {quote(key[0])} IN ({', '.join('%s' for _ in range(count))})"
+        return f"{quote(key[0])} IN ({', '.join('%s' for _ in range(count))})"
     row = "(" + ", ".join("%s" for _ in key) + ")"
-    return f"DELETE FROM {qualified(table)} WHERE ({_columns(key)}) IN ({', '.join(row for _ in range(count))})"
+    return f"({_columns(key)}) IN ({', '.join(row for _ in range(count))})"
 
 
 def truncate_sql(table: TableId) -> str:

@@ -16,7 +16,7 @@ from .connection import connect
 from .errors import translate
 from .values import row_literal, use_tiersync_encoders, value_writer
 
-DELETE_CHUNK = 1000  # keys per DELETE statement
+DELETE_CHUNK = 1000  # keys per DELETE statement (and per conflict-policy read)
 STATEMENT_CHARS = 1_000_000  # a multi-row statement stays well under max_allowed_packet (4 MB at the least)
 
 
@@ -149,6 +149,16 @@ class MysqlSession(TargetSession):
             part = keys[start:start + DELETE_CHUNK]
             params = [v for k in part for v in k]
             self._run(dialect.delete_sql(table.id, key, len(part)), params, f"deleting from {table.id}")
+
+    def current_rows(self, table: TableInfo, key: list[str], columns: list[str], keys: list[tuple]) -> list[tuple]:
+        keys = self._prepared(table, key, keys)
+        rows: list[tuple] = []
+        for start in range(0, len(keys), DELETE_CHUNK):
+            part = keys[start:start + DELETE_CHUNK]
+            self._run(dialect.current_rows_sql(table.id, key, columns, len(part)), [v for k in part for v in k],
+                      f"reading {table.id}")
+            rows += self.cur.fetchall()
+        return rows
 
     def truncate(self, table: TableInfo) -> None:
         self._run(dialect.truncate_sql(table.id), what=f"truncating {table.id}")

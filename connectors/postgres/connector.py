@@ -6,6 +6,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from engine.config import SourceConfig
+from engine.conflict import POLICIES
 from engine.errors import TerminalError
 from engine.event import TableId
 from engine.schema import ColumnInfo, TableInfo
@@ -34,7 +35,7 @@ from .triggers import PostgresTriggerCapture
 
 class PostgresConnector(Connector):
     scheme = "postgresql"
-    conflict_policies = ("source_wins", "newer_wins")
+    conflict_policies = POLICIES
     default_schema = "public"
 
     def _query(self, sql: str, params=None, what: str = "reading the catalog") -> list[tuple]:
@@ -140,12 +141,13 @@ class PostgresConnector(Connector):
     def write_statements(self, kind: str, table: TableId, columns: list[str], key: list[str]) -> list[str]:
         if kind == "truncate":
             return [dialect.truncate_sql(table)]
+        if kind == "current rows":
+            return [dialect.current_rows_sql(table, key, columns, 1)]
+        if kind == "insert":
+            return [dialect.copy_into_sql(table, columns)]
         staged = key if kind == "delete" else columns
         stage = dialect.stage_name(table, tuple(staged))
         write = {"upsert": lambda: dialect.upsert_from_stage_sql(stage, table, columns, key),
-                 "upsert newer": lambda: dialect.upsert_newer_from_stage_sql(stage, table, columns, key[:-1],
-                                                                              key[-1]),
-                 "insert": lambda: dialect.insert_from_stage_sql(stage, table, columns),
                  "delete": lambda: dialect.delete_from_stage_sql(stage, table, key)}[kind]()
         return [dialect.create_stage_sql(stage, table, staged), dialect.copy_sql(stage, staged), write]
 

@@ -393,6 +393,11 @@ def copy_sql(stage: str, columns: list[str]) -> str:
     return f"COPY {quote(stage)} ({', '.join(quote(c) for c in columns)}) FROM STDIN"
 
 
+def copy_into_sql(table: TableId, columns: list[str]) -> str:
+    """COPY straight into a target table (rows that are only inserted: no staging)."""
+    return f"COPY {qualified(table)} ({', '.join(quote(c) for c in columns)}) FROM STDIN"
+
+
 def truncate_sql(table: TableId) -> str:
     return f"TRUNCATE {qualified(table)}"
 
@@ -407,21 +412,21 @@ def upsert_from_stage_sql(stage: str, table: TableId, columns: list[str], key: l
             f"ON CONFLICT ({conflict}) {action}")
 
 
-def upsert_newer_from_stage_sql(stage: str, table: TableId, columns: list[str], key: list[str],
-                                time_column: str) -> str:
-    """The upsert, leaving target rows whose commit-time column is newer than the incoming row's."""
-    cols = ", ".join(quote(c) for c in columns)
-    updates = [c for c in columns if c not in key] or [key[0]]
-    conflict = ", ".join(quote(c) for c in key)
-    t = quote(time_column)
-    return (f"INSERT INTO {qualified(table)} AS t ({cols}) SELECT {cols} FROM {quote(stage)} "
-            f"ON CONFLICT ({conflict}) DO UPDATE SET " + ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in updates)
-            + f" WHERE t.{t} IS NULL OR EXCLUDED.{t} IS NULL OR t.{t} <= EXCLUDED.{t}")
+KEYS_PER_READ = 1000  # keys per conflict-policy read
 
 
-def insert_from_stage_sql(stage: str, table: TableId, columns: list[str]) -> str:
-    cols = ", ".join(quote(c) for c in columns)
-    return f"INSERT INTO {qualified(table)} ({cols}) SELECT {cols} FROM {quote(stage)}"
+def lock_writers_sql(table: TableId) -> str:
+    """Keep other writers of ``table`` out until the transaction ends (conflict policies: ``FOR UPDATE`` cannot
+    lock a row that does not exist yet, and a row inserted meanwhile would be overwritten unseen). Readers go on;
+    the mode conflicts with itself, so two appliers of one table take turns."""
+    return f"LOCK TABLE {qualified(table)} IN SHARE ROW EXCLUSIVE MODE"
+
+
+def current_rows_sql(table: TableId, key: list[str], columns: list[str], count: int) -> str:
+    """``count`` rows of ``table`` by key, locked until the transaction ends (conflict policies)."""
+    row = "(" + ", ".join("%s" for _ in key) + ")"
+    return (f"SELECT {', '.join(quote(c) for c in columns)} FROM {qualified(table)} "
+            f"WHERE ({', '.join(quote(c) for c in key)}) IN ({', '.join(row for _ in range(count))}) FOR UPDATE")
 
 
 def delete_from_stage_sql(stage: str, table: TableId, key: list[str]) -> str:
@@ -434,6 +439,18 @@ CAN_USE_ORIGINS_SQL = ("SELECT has_function_privilege('pg_replication_origin_ses
 CREATE_ORIGIN_SQL = "SELECT pg_replication_origin_create(%s) WHERE pg_replication_origin_oid(%s) IS NULL"
 RESET_ORIGIN_SQL = "SELECT pg_replication_origin_session_reset()"
 SETUP_ORIGIN_SQL = "SELECT pg_replication_origin_session_setup(%s)"
+# what an apply session can do to tell logical capture where its rows came from (see origins.py)
+ORIGIN_MESSAGES_SQL = ("SELECT current_setting('server_version_num')::int, current_setting('wal_level') = 'logical', "
+                       "has_function_privilege('pg_logical_emit_message(boolean, text, text)', 'execute')")
+EMIT_ORIGIN_MESSAGE_SQL = "SELECT pg_logical_emit_message(true, %s, %s)"
+# per-node origins of a pipeline whose last transaction every logical slot of the cluster has confirmed
+DROPPABLE_LEGACY_ORIGINS_SQL = """
+SELECT o.roname FROM pg_replication_origin o
+LEFT JOIN pg_replication_origin_status s ON s.local_id = o.roident
+WHERE starts_with(o.roname, %s)
+  AND NOT EXISTS (SELECT 1 FROM pg_replication_slots r WHERE r.slot_type = 'logical'
+                  AND coalesce(r.confirmed_flush_lsn, '0/0') < coalesce(s.local_lsn, '0/0'))"""
+DROP_ORIGIN_SQL = "SELECT pg_replication_origin_drop(%s)"
 
 
 def set_origin_sql() -> str:
@@ -753,6 +770,8 @@ def exchange_sql(schema: str):
     PRIMARY KEY (batch_id, node, status, detail))""",
             f"""CREATE TABLE IF NOT EXISTS {s}.tiersync_trace_key (
     batch_id text NOT NULL, tbl text NOT NULL, key_text text NOT NULL, PRIMARY KEY (tbl, key_text, batch_id))""",
+            f"CREATE INDEX IF NOT EXISTS tiersync_trace_at ON {s}.tiersync_trace (at)",
+            f"CREATE INDEX IF NOT EXISTS tiersync_trace_key_batch ON {s}.tiersync_trace_key (batch_id)",
         ),
         begin="BEGIN", commit="COMMIT", rollback="ROLLBACK",
         seq_init=f"INSERT INTO {s}.tiersync_link_seq (link, last_seq) VALUES (%s, 0) ON CONFLICT (link) DO NOTHING",
@@ -761,6 +780,8 @@ def exchange_sql(schema: str):
                        f"VALUES (%s, %s, %s, %s, %s, %s)"),
         outbox_pending=(f"SELECT seq, batch_id, payload, events FROM {s}.tiersync_outbox "
                         f"WHERE link = %s AND acked_at IS NULL ORDER BY seq LIMIT %s"),
+        outbox_after=(f"SELECT seq, batch_id, payload, events FROM {s}.tiersync_outbox "
+                      f"WHERE link = %s AND seq > %s ORDER BY seq LIMIT %s"),
         outbox_ack=f"UPDATE {s}.tiersync_outbox SET acked_at = %s WHERE link = %s AND seq = %s",
         outbox_recent=(f"SELECT batch_id FROM {s}.tiersync_outbox WHERE link = %s AND acked_at IS NOT NULL "
                        f"ORDER BY seq DESC LIMIT %s"),
@@ -768,6 +789,7 @@ def exchange_sql(schema: str):
         inbox_insert=(f"INSERT INTO {s}.tiersync_inbox (sender, seq, batch_id, payload, events, received_at) "
                       f"VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (sender, seq) DO NOTHING"),
         inbox_senders=f"SELECT DISTINCT sender FROM {s}.tiersync_inbox",
+        inbox_last=f"SELECT max(seq) FROM {s}.tiersync_inbox WHERE sender = %s",
         inbox_read=(f"SELECT seq, batch_id, payload FROM {s}.tiersync_inbox WHERE sender = %s AND seq > %s "
                     f"ORDER BY seq LIMIT %s"),
         consumer_save=(f"INSERT INTO {s}.tiersync_inbox_consumer (consumer, sender, last_seq) VALUES (%s, %s, %s) "
@@ -783,4 +805,17 @@ def exchange_sql(schema: str):
         key_batches=f"SELECT batch_id FROM {s}.tiersync_trace_key WHERE tbl = %s AND key_text = %s",
         checkpoint_save=save_checkpoint_sql(schema),
         checkpoint_load=load_checkpoint_sql(schema),
+        outbox_backlog=(f"SELECT link, count(*), coalesce(sum(events), 0), min(created_at) FROM {s}.tiersync_outbox "
+                        f"WHERE acked_at IS NULL GROUP BY link ORDER BY link"),
+        inbox_backlog=(f"SELECT count(*), coalesce(sum(events), 0), min(received_at) FROM {s}.tiersync_inbox "
+                       f"WHERE sender = %s AND seq > %s"),
+        outbox_prune=f"DELETE FROM {s}.tiersync_outbox WHERE acked_at IS NOT NULL AND acked_at < %s",
+        trace_prune=(f"DELETE FROM {s}.tiersync_trace WHERE at < %s "
+                     f"AND batch_id NOT IN (SELECT batch_id FROM {s}.tiersync_outbox WHERE acked_at IS NULL) "
+                     f"AND batch_id NOT IN (SELECT batch_id FROM {s}.tiersync_inbox)"),
+        link_sequences=f"SELECT link, last_seq FROM {s}.tiersync_link_seq",
+        inbox_drop_from=f"DELETE FROM {s}.tiersync_inbox WHERE sender = %s AND seq >= %s",
+        outbox_unack_from=f"UPDATE {s}.tiersync_outbox SET acked_at = NULL WHERE link = %s AND seq >= %s",
+        trace_key_prune=(f"DELETE FROM {s}.tiersync_trace_key k WHERE NOT EXISTS "
+                         f"(SELECT 1 FROM {s}.tiersync_trace t WHERE t.batch_id = k.batch_id)"),
     )

@@ -16,19 +16,23 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from struct import Struct
 from urllib.parse import quote
 
+from engine.encoded import EncodedRow, RowEncoding
 from engine.errors import TerminalError, TransientError
-from engine.event import ChangeEvent, Op, TableId
+from engine.event import CREATE, UPDATE, ChangeEvent, Op, TableId
 from engine.seams import CapturedTable, ReadBatch, Reader
 
 from .connection import connect
+from .copytext import COPY_TEXT, NOT_PORTABLE_TYPES, line_decoder, tuple_line
 from .logical import (
     UNCHANGED,
     Begin,
     Commit,
     Delete,
     Insert,
+    Message,
     Origin,
     PgOutputDecoder,
     PgOutputError,
@@ -37,24 +41,15 @@ from .logical import (
     ReplicationStreamError,
     Truncate,
     Update,
+    decode_tuple,
 )
+from .origins import MESSAGES_SINCE, node_of_message, node_of_origin
 from .pgtext import WALSENDER_OPTIONS, TextDecoders
 from .position import PostgresLsnPosition
 
 log = logging.getLogger(__name__)
+_OID = Struct("!I").unpack_from
 
-ORIGIN_PREFIX = "tiersync:"  # replication origins of tiersync's apply sessions: tiersync:<pipeline>:<node id>
-
-
-def origin_name(pipeline: str, node: str) -> str:
-    return f"{ORIGIN_PREFIX}{pipeline}:{node}"
-
-
-def node_of_origin(name: str) -> str:
-    """The node a replication origin stands for (an origin not made by tiersync stands for itself)."""
-    if not name.startswith(ORIGIN_PREFIX):
-        return name
-    return name[len(ORIGIN_PREFIX):].partition(":")[2]
 POLL_SECONDS = 0.5
 CATCH_UP_WAIT = 5.0  # longest one read waits for WAL older than the reader (then reports it is not caught up)
 
@@ -66,6 +61,8 @@ class _RelationPlan:
     decoders: tuple
     key: tuple[str, ...]
     key_positions: tuple[int, ...]
+    encoding: RowEncoding | None = None  # complete new images travel as COPY text lines (see .copytext)
+    key_readers: tuple = ()  # (position, raw bytes → key value) per key column, for encoded images
 
 
 @dataclass
@@ -73,7 +70,7 @@ class _Txn:
     commit_lsn: int
     commit_ts: object
     xid: int
-    origin: str = ""
+    origin: str = ""  # the node of the rows that follow ("" the captured node)
     seq: int = 0
     skip_all: bool = False
     skip_first: int = 0
@@ -101,17 +98,21 @@ class PostgresLogicalReader(Reader):
         self.text = TextDecoders(self.conn)
         self.decoder = PgOutputDecoder()
         self.relations: dict[int, _RelationPlan | None] = {}
+        self._relation_messages: dict[int, Relation] = {}
+        self._encode: set[TableId] = set()
+        self._pending: list[bytes] = []  # received payloads not handled yet, last first
         self.txn: _Txn | None = None
         self._carry: _Txn | None = None
         self._end_lsns: dict[str, int] = {}
         self._lock = threading.Lock()  # position handed out → its commit's end LSN (what the slot confirms)
         self._confirm = 0  # end LSN of the newest transaction the target committed
-        self._server_end = 0
         self._drain_to = self.conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()[0]
         self.stream = ReplicationStream(stream_url(url), slot, [publication],
-                                        start_lsn=self.start.lsn if self.start else 0)
+                                        start_lsn=self.start.lsn if self.start else 0,
+                                        messages=self.conn.info.server_version >= MESSAGES_SINCE)
         try:
             self.stream.open()
+            self.stream.send_feedback(self.stream.confirmed_lsn, reply_now=True)  # its answer tells the WAL end
         except ReplicationStreamError as exc:
             self.conn.close()
             raise _translate(exc, slot) from None
@@ -131,37 +132,49 @@ class PostgresLogicalReader(Reader):
 
     def _read(self, max_events: int) -> ReadBatch:
         events: list[ChangeEvent] = []
-        batch_origin: str | None = None
         if self._carry is not None:  # a whole transaction held back from the previous batch
             carried, self._carry = self._carry, None
-            events, batch_origin, self.position = carried.events, carried.origin, carried.position
+            events, self.position = carried.events, carried.position
         deadline = time.monotonic() + POLL_SECONDS
         catch_up_deadline = time.monotonic() + CATCH_UP_WAIT
         while True:
             txn = self.txn
-            if txn is not None and len(txn.events) >= max_events:  # a transaction larger than a batch
-                return self._hand_over_part(events, txn)
+            if txn is not None and len(txn.events) > max_events:  # a transaction larger than a batch
+                return self._hand_over_part(events, txn)  # (one of exactly a batch's size still goes whole)
             if txn is not None and events and len(events) + len(txn.events) >= max_events:
                 return ReadBatch(events, self.position.serialise())  # the open transaction goes in the next batch
             waiting_for_commit = txn is not None
-            message = self.stream.read(POLL_SECONDS if waiting_for_commit else max(deadline - time.monotonic(), 0))
-            if message is None:
+            if self._pending:
+                payload = self._pending.pop()
+            else:
+                # between transactions a keepalive ends the wait too: the server has sent all it has for now
+                payload = self.stream.read_payload(POLL_SECONDS if waiting_for_commit
+                                                   else max(deadline - time.monotonic(), 0),
+                                                   until_keepalive=not waiting_for_commit)
+            if payload is None:
                 if waiting_for_commit:  # the transaction is still arriving: let the target start on it
                     if txn.events:
                         return self._hand_over_part(events, txn)
                     continue
                 if not events and not self._caught_up():
-                    if time.monotonic() < catch_up_deadline:  # WAL written before we started is still coming
-                        self.stream.send_feedback(self.stream.confirmed_lsn, reply_now=True)
-                        deadline = time.monotonic() + POLL_SECONDS
+                    now = time.monotonic()
+                    if now < catch_up_deadline:  # WAL written before we started is still coming
+                        if now >= deadline:  # a quiet poll (not a keepalive): ask the server where it is
+                            self.stream.send_feedback(self.stream.confirmed_lsn, reply_now=True)
+                            deadline = now + POLL_SECONDS
                         continue
                     return ReadBatch(events, self.position.serialise(), caught_up=False)
                 if not events and not self._end_lsns:
                     self._confirm_idle()
                 return ReadBatch(events, self.position.serialise())
-            if message.wal_end > self._server_end:
-                self._server_end = message.wal_end
-            decoded = self.decoder.decode(message.payload)
+            if (payload[0] == 73 or payload[0] == 85) and self._encode and self._encoded_change(payload):
+                # an insert or update of a table whose rows travel encoded ('I', 'U'): take the ones already
+                # received in one go, up to where this batch ends (the checks above)
+                room = (max_events + 1 - len(txn.events)) if not events else max_events - len(events) - len(txn.events)
+                if room > 0 and not self._pending:
+                    self._encoded_run(room)
+                continue
+            decoded = self.decoder.decode(payload)
             kind = type(decoded)
             if kind is Begin:
                 self.txn = self._begin(decoded)
@@ -172,21 +185,25 @@ class PostgresLogicalReader(Reader):
                 txn.position = PostgresLsnPosition(txn.commit_lsn, 0)
                 with self._lock:
                     self._end_lsns[txn.position.serialise()] = decoded.end_lsn
-                if events and not txn.started and txn.origin != batch_origin:
+                if events and txn.events and not txn.started and txn.events[0].origin != events[-1].origin:
                     self._carry = txn  # one target transaction carries one origin: this one opens the next batch
                     return ReadBatch(events, self.position.serialise())
                 events += txn.events
-                batch_origin = txn.origin
                 self.position = txn.position
                 if txn.started:  # the end of a transaction handed over in parts: commit it now
                     return ReadBatch(events, self.position.serialise(), ends_transaction=True)
                 if len(events) >= max_events:
                     return ReadBatch(events, self.position.serialise())
                 deadline = min(deadline, time.monotonic() + 0.05)  # take what is already there, then go
-            elif kind is Origin:
+            elif kind is Message:  # an apply session's mark: whose rows follow
+                node = node_of_message(decoded.transactional, decoded.prefix, decoded.content)
+                if node is not None and self.txn is not None:
+                    self.txn.origin = node
+            elif kind is Origin:  # the origin's node, or "" when the transaction's messages tell
                 if self.txn is not None:
                     self.txn.origin = node_of_origin(decoded.name)
             elif kind is Relation:
+                self._relation_messages[decoded.oid] = decoded
                 self.relations[decoded.oid] = self._plan(decoded)
             elif kind in (Insert, Update, Delete, Truncate):
                 self._change(decoded)
@@ -211,6 +228,12 @@ class PostgresLogicalReader(Reader):
                 txn.skip_first = start.applied
         return txn
 
+    def encode_rows(self, tables: set[TableId], format: str | None) -> None:
+        """Complete new images of ``tables`` become COPY text lines (when ``format`` is COPY text)."""
+        self._encode = set(tables) if format == COPY_TEXT else set()
+        for oid, relation in self._relation_messages.items():
+            self.relations[oid] = self._plan(relation)
+
     def _plan(self, relation: Relation) -> _RelationPlan | None:
         captured = self.tables.get((relation.namespace, relation.name))
         if captured is None:
@@ -220,8 +243,62 @@ class PostgresLogicalReader(Reader):
         missing = [k for k in captured.key if k not in names]
         if missing:
             raise TerminalError(f"{captured.info.id}: key column(s) {', '.join(missing)} are no longer in the table")
-        return _RelationPlan(captured.info.id, names, decoders, captured.key,
-                             tuple(names.index(k) for k in captured.key))
+        encoding = None
+        if (captured.info.id in self._encode and names == tuple(captured.info.column_names)
+                and not any(c.type_oid in NOT_PORTABLE_TYPES for c in relation.columns)):
+            encoding = RowEncoding(COPY_TEXT, names, line_decoder(decoders))
+        positions = tuple(names.index(k) for k in captured.key)
+        return _RelationPlan(captured.info.id, names, decoders, captured.key, positions, encoding,
+                             tuple((i, _raw_reader(decoders[i])) for i in positions))
+
+    def _encoded_run(self, limit: int) -> None:
+        """Encoded changes among up to ``limit`` messages already received; the first other message and the
+        rest wait in ``_pending`` for the main loop."""
+        received = self.stream.read_buffered(limit)
+        handle = self._encoded_change
+        for i, payload in enumerate(received):
+            if not ((payload[0] == 73 or payload[0] == 85) and handle(payload)):
+                rest = received[i:]
+                rest.reverse()  # popped from the end
+                self._pending = rest
+                return
+
+    def _encoded_change(self, payload: bytes) -> bool:
+        """An Insert or Update whose new image travels as a COPY line; False: decode it the usual way."""
+        txn = self.txn
+        if txn is None or txn.skip_all or self.decoder.in_stream:
+            return False
+        plan = self.relations.get(_OID(payload, 1)[0])
+        if plan is None or plan.encoding is None:
+            return False
+        before = None
+        if payload[0] == 73:  # Insert: 'N' and the new tuple
+            if payload[5] != 78:
+                return False
+            line, values = tuple_line(payload, 6)
+        else:  # Update: an optional 'K'/'O' old tuple, then 'N' and the new tuple
+            pos = 5
+            if payload[pos] in (75, 79):
+                old, pos = decode_tuple(payload, pos + 1)
+                before = self._row(plan, old, key_only=payload[5] == 75)
+            if payload[pos] != 78:
+                return False
+            line, values = tuple_line(payload, pos + 1)
+        if line is None:  # an unchanged TOASTed value: the image is partial, a dict leaves that column alone
+            return False
+        readers = plan.key_readers
+        if len(readers) == 1:  # the common case, without a comprehension's frame
+            i, read = readers[0]
+            raw = values[i]
+            key = (None if raw is None else read(raw),)
+        else:
+            key = tuple([None if values[i] is None else read(values[i]) for i, read in readers])
+        seq = txn.seq = txn.seq + 1
+        if seq > txn.skip_first:  # as _add, positionally: this runs for every change
+            txn.events.append(ChangeEvent(CREATE if payload[0] == 73 else UPDATE, plan.table, key, before,
+                                          EncodedRow(line, plan.encoding), seq, txn.xid, txn.origin or self.node_id,
+                                          (), txn.commit_ts, self.node_id, self.database))
+        return True
 
     def _row(self, plan: _RelationPlan, values, key_only: bool = False) -> dict:
         row = {}
@@ -273,7 +350,7 @@ class PostgresLogicalReader(Reader):
 
     def _caught_up(self) -> bool:
         """Whether the server has sent everything written before this reader started."""
-        if max(self._server_end, self.stream.server_wal_end) >= self._drain_to:
+        if max(self.stream.data_wal_end, self.stream.server_wal_end) >= self._drain_to:
             self._drain_to = 0
         return self._drain_to == 0
 
@@ -299,6 +376,15 @@ class PostgresLogicalReader(Reader):
     def close(self) -> None:
         self.stream.close()
         self.conn.close()
+
+
+def _raw_reader(decode):
+    """A text decoder as a function of the value's raw bytes."""
+    if decode is None:
+        return bytes.decode
+    if decode is int:
+        return int  # int() reads ASCII digits from bytes directly
+    return lambda raw: decode(raw.decode())
 
 
 def _translate(exc: ReplicationStreamError, slot: str):

@@ -7,6 +7,7 @@ import sqlite3
 from datetime import datetime
 
 from engine.config import SourceConfig
+from engine.conflict import POLICIES
 from engine.errors import TerminalError
 from engine.event import TableId
 from engine.schema import ColumnInfo, TableInfo
@@ -33,6 +34,7 @@ from .triggers import SqliteTriggerCapture
 
 
 class SqliteConnector(Connector):
+    conflict_policies = POLICIES  # read through current_rows (engine.conflict)
     scheme = "sqlite"
 
     def _query(self, sql: str, params=(), what: str = "reading the catalog") -> list[tuple]:
@@ -111,6 +113,8 @@ class SqliteConnector(Connector):
     def write_statements(self, kind: str, table: TableId, columns: list[str], key: list[str]) -> list[str]:
         if kind == "truncate":
             return [dialect.truncate_sql(table)]
+        if kind == "current rows":
+            return [dialect.current_rows_sql(table, key, columns, 1)]
         return [{"upsert": lambda: dialect.upsert_sql(table, columns, key),
                  "insert": lambda: dialect.insert_sql(table, columns),
                  "delete": lambda: dialect.delete_sql(table, key)}[kind]()]

@@ -260,6 +260,16 @@ def delete_sql(table: TableId, key: list[str]) -> str:
     return f"DELETE FROM {quote(table.name)} WHERE " + " AND ".join(f"{quote(c)} = ?" for c in key)
 
 
+KEY_VALUES_PER_READ = 900  # bound parameters per conflict-policy read (older SQLite allows 999)
+
+
+def current_rows_sql(table: TableId, key: list[str], columns: list[str], count: int) -> str:
+    """``count`` rows of ``table`` by key (the transaction's BEGIN IMMEDIATE already holds the write lock)."""
+    row = "(" + ", ".join("?" for _ in key) + ")"
+    return (f"SELECT {', '.join(quote(c) for c in columns)} FROM {quote(table.name)} "
+            f"WHERE ({', '.join(quote(c) for c in key)}) IN (VALUES {', '.join(row for _ in range(count))})")
+
+
 # ---------------------------------------------------------------- values
 
 def _lenient(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -481,6 +491,8 @@ def exchange_sql():
     PRIMARY KEY (batch_id, node, status, detail))""",
             """CREATE TABLE IF NOT EXISTS tiersync_trace_key (
     batch_id TEXT NOT NULL, tbl TEXT NOT NULL, key_text TEXT NOT NULL, PRIMARY KEY (tbl, key_text, batch_id))""",
+            "CREATE INDEX IF NOT EXISTS tiersync_trace_at ON tiersync_trace (at)",
+            "CREATE INDEX IF NOT EXISTS tiersync_trace_key_batch ON tiersync_trace_key (batch_id)",
         ),
         begin="BEGIN IMMEDIATE", commit="COMMIT", rollback="ROLLBACK",
         seq_init="INSERT INTO tiersync_link_seq (link, last_seq) VALUES (?, 0) ON CONFLICT (link) DO NOTHING",
@@ -489,6 +501,8 @@ def exchange_sql():
                        "VALUES (?, ?, ?, ?, ?, ?)"),
         outbox_pending=("SELECT seq, batch_id, payload, events FROM tiersync_outbox "
                         "WHERE link = ? AND acked_at IS NULL ORDER BY seq LIMIT ?"),
+        outbox_after=("SELECT seq, batch_id, payload, events FROM tiersync_outbox "
+                      "WHERE link = ? AND seq > ? ORDER BY seq LIMIT ?"),
         outbox_ack="UPDATE tiersync_outbox SET acked_at = ? WHERE link = ? AND seq = ?",
         outbox_recent=("SELECT batch_id FROM tiersync_outbox WHERE link = ? AND acked_at IS NOT NULL "
                        "ORDER BY seq DESC LIMIT ?"),
@@ -496,6 +510,7 @@ def exchange_sql():
         inbox_insert=("INSERT INTO tiersync_inbox (sender, seq, batch_id, payload, events, received_at) "
                       "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sender, seq) DO NOTHING"),
         inbox_senders="SELECT DISTINCT sender FROM tiersync_inbox",
+        inbox_last="SELECT max(seq) FROM tiersync_inbox WHERE sender = ?",
         inbox_read=("SELECT seq, batch_id, payload FROM tiersync_inbox WHERE sender = ? AND seq > ? "
                     "ORDER BY seq LIMIT ?"),
         consumer_save=("INSERT INTO tiersync_inbox_consumer (consumer, sender, last_seq) VALUES (?, ?, ?) "
@@ -510,4 +525,17 @@ def exchange_sql():
         key_batches="SELECT batch_id FROM tiersync_trace_key WHERE tbl = ? AND key_text = ?",
         checkpoint_save=SAVE_CHECKPOINT_SQL,
         checkpoint_load=LOAD_CHECKPOINT_SQL,
+        outbox_backlog=("SELECT link, count(*), coalesce(sum(events), 0), min(created_at) FROM tiersync_outbox "
+                        "WHERE acked_at IS NULL GROUP BY link ORDER BY link"),
+        inbox_backlog=("SELECT count(*), coalesce(sum(events), 0), min(received_at) FROM tiersync_inbox "
+                       "WHERE sender = ? AND seq > ?"),
+        outbox_prune="DELETE FROM tiersync_outbox WHERE acked_at IS NOT NULL AND acked_at < ?",
+        trace_prune=("DELETE FROM tiersync_trace WHERE at < ? "
+                     "AND batch_id NOT IN (SELECT batch_id FROM tiersync_outbox WHERE acked_at IS NULL) "
+                     "AND batch_id NOT IN (SELECT batch_id FROM tiersync_inbox)"),
+        link_sequences="SELECT link, last_seq FROM tiersync_link_seq",
+        inbox_drop_from="DELETE FROM tiersync_inbox WHERE sender = ? AND seq >= ?",
+        outbox_unack_from="UPDATE tiersync_outbox SET acked_at = NULL WHERE link = ? AND seq >= ?",
+        trace_key_prune=("DELETE FROM tiersync_trace_key WHERE NOT EXISTS "
+                         "(SELECT 1 FROM tiersync_trace t WHERE t.batch_id = tiersync_trace_key.batch_id)"),
     )

@@ -76,6 +76,16 @@ class SqliteSession(TargetSession):
     def delete(self, table: TableInfo, key: list[str], keys: list[tuple]) -> None:
         self._many(dialect.delete_sql(table.id, key), keys, f"deleting from {table.id}")
 
+    def current_rows(self, table: TableInfo, key: list[str], columns: list[str], keys: list[tuple]) -> list[tuple]:
+        per_read = max(1, dialect.KEY_VALUES_PER_READ // len(key))
+        rows: list[tuple] = []
+        for start in range(0, len(keys), per_read):
+            part = keys[start:start + per_read]
+            cursor = self._run(dialect.current_rows_sql(table.id, key, columns, len(part)),
+                               [v for k in part for v in k], f"reading {table.id}")
+            rows += cursor.fetchall()
+        return rows
+
     def truncate(self, table: TableInfo) -> None:
         self._run(dialect.truncate_sql(table.id), what=f"truncating {table.id}")
 

@@ -10,8 +10,10 @@ import time
 import psycopg
 import pytest
 
+from engine.config import load_config
 from tests.exchange_nodes import capture_out, inbox_in, kill_9_both_sides, node_file
 from tests.helpers import cli, pg_exec, pg_rows, run_once
+from tests.integration.test_bundle import CITY, COUNTY, link_keys
 
 pytestmark = pytest.mark.postgres
 
@@ -29,6 +31,11 @@ WITNESS = [  # every committed change-log row at the county, kept after tiersync
 
 @pytest.fixture
 def county_city(tmp_path, pg_server):
+    return county_and_city(tmp_path, pg_server)
+
+
+def county_and_city(tmp_path, pg_server, county_link: dict | None = None, city_link: dict | None = None):
+    """The two nodes on PostgreSQL; the link settings default to exchange-db into each other's exchange database."""
     tag = f"{os.getpid()}_{random.randrange(10**6)}"
     county_biz, county_x, city_x, city_biz = (pg_server.create_database(f"{n}_{tag}")
                                               for n in ("cbiz", "cx", "tx", "tbiz"))
@@ -39,8 +46,8 @@ def county_city(tmp_path, pg_server):
                                                   "parent": "city-110100"},
                        {"biz": county_biz, "x": county_x},
                        {"database": "x", "poll_interval": 0.05,
-                        "links": {"city-110100": {"role": "parent", "transport": "exchange-db", "inbox": city_x,
-                                                  "batch_size": 40}},
+                        "links": {"city-110100": {"role": "parent", "batch_size": 40, **(county_link or {
+                            "transport": "exchange-db", "inbox": city_x})}},
                         "tables": {"qy_jbxx": route}},
                        [capture_out("biz", "x", "enterprise", "qy_jbxx",
                                     {"id": "qyid", "name": "qymc", "region": "xzqh", "capital": "zczb"},
@@ -48,8 +55,8 @@ def county_city(tmp_path, pg_server):
     city = node_file(tmp_path / "city.yaml", {"id": "city-110100", "tier": "city", "region": "110100"},
                      {"biz": city_biz, "x": city_x},
                      {"database": "x", "poll_interval": 0.05,
-                      "links": {"county-110101": {"role": "child", "region": "110101", "transport": "exchange-db",
-                                                  "inbox": county_x}},
+                      "links": {"county-110101": {"role": "child", "region": "110101", **(city_link or {
+                          "transport": "exchange-db", "inbox": county_x})}},
                       "tables": {"qy_jbxx": route}},
                      [inbox_in("x", "biz", "qy_jbxx", "qy_jbxx", batch_size=61),
                       {"name": "history", "source": {"database": "x", "capture": "inbox", "tables": ["qy_jbxx"]},
@@ -84,7 +91,26 @@ class Workload(threading.Thread):
 
 
 def test_kill_9_of_sender_and_receiver_loses_and_doubles_nothing(county_city, tmp_path):
-    county, city, county_biz, city_biz = county_city
+    kill_9_and_check(*county_city, tmp_path)
+
+
+def test_kill_9_over_the_directory_transport(tmp_path, pg_server):
+    """Bundles through directories: kill -9 while exporting, importing, writing or taking receipts."""
+    keys = link_keys(tmp_path, volume_size=2048)
+    up, down = str(tmp_path / "up"), str(tmp_path / "down")
+    nodes = county_and_city(tmp_path, pg_server,
+                            {"transport": "directory", **keys[COUNTY], "directory": up, "watch": down},
+                            {"transport": "directory", **keys[CITY], "directory": down, "watch": up})
+    kill_9_and_check(*nodes, tmp_path)
+    run_once(nodes[0])  # takes the last receipts: everything the city has counts as delivered
+    county_x = load_config(nodes[0]).databases["x"].url
+    assert pg_rows(county_x, "SELECT count(*) FROM tiersync.tiersync_outbox WHERE acked_at IS NULL") == [(0,)]
+    assert not list((tmp_path / "up").glob("*.tsb"))  # every bundle imported (none rejected)
+    assert not (tmp_path / "up" / "rejected").exists()
+
+
+def kill_9_and_check(county, city, county_biz, city_biz, tmp_path):
+    """A workload at the county while both engines are killed at random points; then exactly once at the city."""
     workload = Workload(county_biz, seed=61)
     workload.start()
     try:

@@ -1,9 +1,14 @@
-"""Two counties → city → province → national and back down, over kafka, http and exchange-db, SQLite and PostgreSQL.
+"""Two counties → city → province → national and back down, over kafka, http,
+exchange-db and an offline-bundle (directory) link.
 
-Each node has its own business database and mapping. Enterprise records go up
-and are applied at every tier; enforcement results created at national come
-down only to the county whose region code they carry. Nothing loops: every
-outbox holds only the node's own changes and what its routes relay.
+Each node has its own business database and mapping, MariaDB, PostgreSQL and
+SQLite mixed: county A and the province keep theirs in MariaDB (trigger
+capture and apply), county B in SQLite, the city and national in PostgreSQL.
+Enterprise records go up and are applied at every tier; the city and the
+province also capture their own enterprises from the table they apply into,
+so relayed rows must not be captured again. Enforcement results created at
+national come down only to the county whose region code they carry. Nothing
+loops: every outbox holds only the node's own changes and what its routes relay.
 """
 
 from __future__ import annotations
@@ -15,10 +20,11 @@ import time
 
 import pytest
 
-from tests.exchange_nodes import capture_out, free_port, inbox_in, node_file, q, sqlite_db
+from tests.exchange_nodes import capture_out, directory_links, free_port, inbox_in, node_file, q, sqlite_db
 from tests.helpers import cli, pg_exec, pg_rows, spawn_engine
+from tests.mysql_helpers import my_exec, my_rows
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.mariadb, pytest.mark.kafka]
 
 QY_UP = {"key": ["qyid"], "up": True}
 ZF_DOWN = {"key": ["id"], "down": True, "down_match": "xzqh"}
@@ -44,9 +50,10 @@ def wait_for(check, timeout=120.0):
 
 
 @pytest.fixture
-def network(tmp_path, pg_server, kafka_broker):
+def network(tmp_path, pg_server, maria_server, kafka_broker):
     tag = f"{os.getpid()}_{random.randrange(10**6)}"
     pg = {n: pg_server.create_database(f"{n}_{tag}") for n in ("bx", "cbiz", "cx", "nbiz", "nx")}
+    maria = {n: maria_server.create_database(f"{n}_{tag}") for n in ("abiz", "pbiz")}
     ports = {n: free_port() for n in ("county-b", "city", "province")}
     url = {n: f"http://127.0.0.1:{p}" for n, p in ports.items()}
     k_b, k_p = "county-b/city link key", "city/province link key"
@@ -54,12 +61,17 @@ def network(tmp_path, pg_server, kafka_broker):
            "nat": "national-100000"}
     ENT = "CREATE TABLE enterprise (id INTEGER PRIMARY KEY, name TEXT NOT NULL, region TEXT NOT NULL)"
     FB = "CREATE TABLE feedback (id INTEGER PRIMARY KEY, region TEXT, result TEXT)"
+    my_exec(maria["abiz"], "CREATE TABLE enterprise (id INT PRIMARY KEY, name VARCHAR(100) NOT NULL, "
+                           "region CHAR(6) NOT NULL)",
+            "CREATE TABLE feedback (id INT PRIMARY KEY, region CHAR(6), result VARCHAR(200))")
+    my_exec(maria["pbiz"], "CREATE TABLE qy (id INT PRIMARY KEY, mc VARCHAR(100), dq CHAR(6))")
     a_x, prov_x = f"sqlite:///{tmp_path}/a-x.db", f"sqlite:///{tmp_path}/prov-x.db"
     ids = {k: f"{v}-{tag[-6:]}" if k in ("a", "city") else v for k, v in ids.items()}  # fresh kafka topics
     nodes = {}
+    to_nat, to_prov = directory_links(tmp_path, ids["prov"], ids["nat"])  # offline bundles
     nodes["a"] = node_file(
         tmp_path / "a.yaml", {"id": ids["a"], "tier": "county", "region": "110101", "parent": ids["city"]},
-        {"biz": sqlite_db(tmp_path / "a.db", ENT, FB), "x": a_x},
+        {"biz": maria["abiz"], "x": a_x},
         {"database": "x", "poll_interval": 0.1, "tables": TABLES,
          "links": {ids["city"]: {"role": "parent", "transport": "kafka", "brokers": [kafka_broker.bootstrap],
                                  "format": "avro"}}},
@@ -85,55 +97,59 @@ def network(tmp_path, pg_server, kafka_broker):
                               "key": k_b}}},
         [capture_out("biz", "x", "qy_jbxx", "qy_jbxx", {}, name="city-own"),
          inbox_in("x", "biz", "qy_jbxx", "qy_jbxx", name="city-qy-in"), inbox_in("x", "biz", "zf_jg", "zf_jg")])
-    nodes["prov"] = node_file(  # relays both ways; applies enterprises only, under its own names
+    nodes["prov"] = node_file(  # relays both ways; applies enterprises only, under its own names, and adds its own
         tmp_path / "prov.yaml", {"id": ids["prov"], "tier": "province", "region": "110000", "parent": ids["nat"]},
-        {"biz": sqlite_db(tmp_path / "prov.db", "CREATE TABLE qy (id INTEGER PRIMARY KEY, mc TEXT, dq TEXT)"),
-         "x": prov_x},
+        {"biz": maria["pbiz"], "x": prov_x},
         {"database": "x", "poll_interval": 0.1, "tables": TABLES, "listen": f"127.0.0.1:{ports['province']}",
-         "links": {ids["nat"]: {"role": "parent", "transport": "exchange-db", "inbox": pg["nx"]},
+         "links": {ids["nat"]: {"role": "parent", **to_nat},
                    ids["city"]: {"role": "child", "region": "110100", "transport": "http", "url": url["city"],
                                  "key": k_p}}},
-        [inbox_in("x", "biz", "qy_jbxx", "qy", {"qyid": "id", "qymc": "mc", "xzqh": "dq"})])
+        [capture_out("biz", "x", "qy", "qy_jbxx", {"id": "qyid", "mc": "qymc", "dq": "xzqh"}, name="province-own"),
+         inbox_in("x", "biz", "qy_jbxx", "qy", {"qyid": "id", "qymc": "mc", "xzqh": "dq"})])
     pg_exec(pg["nbiz"], "CREATE TABLE qy_jbxx (qyid integer PRIMARY KEY, qymc text NOT NULL, xzqh text)",
             "CREATE TABLE feedback (id integer PRIMARY KEY, xzqh text NOT NULL, result text)")
     nodes["nat"] = node_file(
         tmp_path / "nat.yaml", {"id": ids["nat"], "tier": "national", "region": "100000"},
         {"biz": pg["nbiz"], "x": pg["nx"]},
         {"database": "x", "poll_interval": 0.1, "tables": TABLES,
-         "links": {ids["prov"]: {"role": "child", "region": "110000", "transport": "exchange-db", "inbox": prov_x},
+         "links": {ids["prov"]: {"role": "child", "region": "110000", **to_prov},
                    "province-120000": {"role": "child", "region": "120000", "transport": "exchange-db",
                                        "inbox": f"sqlite:///{tmp_path}/tianjin-x.db"}}},
         [capture_out("biz", "x", "feedback", "zf_jg", {"result": "jg"}, name="feedback-down"),
          # replication origins are per PostgreSQL cluster and named after the pipeline: the test's nodes share one
          inbox_in("x", "biz", "qy_jbxx", "qy_jbxx", name="national-qy-in")])
     for name, pipeline in (("a", "enterprise-out"), ("b", "enterprise-out"), ("city", "city-own"),
-                           ("nat", "feedback-down")):
+                           ("prov", "province-own"), ("nat", "feedback-down")):
         cli("triggers", "install", "--config", str(nodes[name]), "--pipeline", pipeline)
-    return nodes, pg, tmp_path, ids
+    return nodes, pg, maria, tmp_path, ids
 
 
 def test_four_tiers_up_down_and_no_loops(network):
-    nodes, pg, tmp, ids = network
-    sq_exec(tmp / "a.db", "INSERT INTO enterprise VALUES (?, ?, '110101')", [(i, f"东城企业{i}") for i in range(1, 41)])
+    nodes, pg, maria, tmp, ids = network
+    for i in range(1, 41):
+        my_exec(maria["abiz"], "INSERT INTO enterprise VALUES (%s, %s, '110101')", params=(i, f"东城企业{i}"))
     sq_exec(tmp / "b.db", "INSERT INTO enterprise VALUES (?, ?, '110102')",
             [(i, f"西城企业{i}") for i in range(1001, 1031)])
     pg_exec(pg["cbiz"], "INSERT INTO qy_jbxx VALUES (5001, '市属企业', '110100')")
+    my_exec(maria["pbiz"], "INSERT INTO qy VALUES (7001, '省属企业', '110000')")
     pg_exec(pg["nbiz"], "INSERT INTO feedback VALUES (1, '110101', '东城整改完成'), (2, '110102', '西城待复查'), "
                         "(3, '120101', '天津的结果'), (4, '110101', '东城罚款')")
     engines = {name: spawn_engine(path, log=tmp / f"{name}.log") for name, path in nodes.items()}
     try:
-        def expected_enterprises():
-            return sorted(q(tmp / "a.db", "SELECT id, name, region FROM enterprise") +
-                          q(tmp / "b.db", "SELECT id, name, region FROM enterprise") + [(5001, "市属企业", "110100")])
+        def county_enterprises():
+            return sorted(my_rows(maria["abiz"], "SELECT id, name, region FROM enterprise") +
+                          q(tmp / "b.db", "SELECT id, name, region FROM enterprise"))
+
+        province_own = [(7001, "省属企业", "110000")]
 
         def converged():
-            want = expected_enterprises()
+            city_want = sorted(county_enterprises() + [(5001, "市属企业", "110100")])
+            want = sorted(city_want + province_own)  # the province's own row goes up only
             assert [tuple(r) for r in pg_rows(pg["nbiz"], "SELECT qyid, qymc, xzqh FROM qy_jbxx ORDER BY 1")] == want
-            assert q(tmp / "prov.db", "SELECT id, mc, dq FROM qy ORDER BY 1") == want
-            city_want = [r for r in want if r[0] != 5001] + [(5001, "市属企业", "110100")]
-            assert sorted(pg_rows(pg["cbiz"], "SELECT qyid, qymc, xzqh FROM qy_jbxx")) == sorted(city_want)
+            assert my_rows(maria["pbiz"], "SELECT id, mc, dq FROM qy ORDER BY 1") == want
+            assert sorted(pg_rows(pg["cbiz"], "SELECT qyid, qymc, xzqh FROM qy_jbxx")) == city_want
             feedback = pg_rows(pg["nbiz"], "SELECT id, xzqh, result FROM feedback ORDER BY id")
-            assert q(tmp / "a.db", "SELECT id, region, result FROM feedback ORDER BY id") == [
+            assert my_rows(maria["abiz"], "SELECT id, region, result FROM feedback ORDER BY id") == [
                 r for r in feedback if r[1] == "110101"]
             assert q(tmp / "b.db", "SELECT id, region, result FROM feedback ORDER BY id") == [
                 r for r in feedback if r[1] == "110102"]
@@ -142,9 +158,11 @@ def test_four_tiers_up_down_and_no_loops(network):
 
         wait_for(converged)
         # updates and deletes at both counties and at national travel the same ways
-        sq_exec(tmp / "a.db", "UPDATE enterprise SET name = name || '（更名）' WHERE id <= 5")
-        sq_exec(tmp / "a.db", "DELETE FROM enterprise WHERE id > 35")
+        my_exec(maria["abiz"], "UPDATE enterprise SET name = CONCAT(name, '（更名）') WHERE id <= 5",
+                "DELETE FROM enterprise WHERE id > 35")
         sq_exec(tmp / "b.db", "DELETE FROM enterprise WHERE id IN (1001, 1002)")
+        my_exec(maria["pbiz"], "UPDATE qy SET mc = '省属企业（改制）' WHERE id = 7001")
+        province_own[0] = (7001, "省属企业（改制）", "110000")
         pg_exec(pg["nbiz"], "UPDATE feedback SET result = '东城已复查' WHERE id = 1",
                 "DELETE FROM feedback WHERE id = 2")
         wait_for(converged)
@@ -167,6 +185,13 @@ def test_four_tiers_up_down_and_no_loops(network):
     assert pg_rows(pg["cx"], "SELECT link FROM tiersync.tiersync_outbox GROUP BY link ORDER BY link") == [
         (ids["a"],), (ids["b"],), (ids["prov"],)]
     assert q(tmp / "tianjin-x.db", "SELECT sender, events FROM tiersync_inbox") == [(ids["nat"], 1)]
+    # what the city and the province applied into the tables they capture was relayed, never captured again:
+    # their own batches (those not forwarded from an inbox) hold only their own rows' changes
+    own = ("SELECT sum(events) FROM {o} WHERE link = {p} AND batch_id NOT IN "
+           "(SELECT detail FROM {t} WHERE status = 'forwarded')")
+    assert pg_rows(pg["cx"], own.format(o="tiersync.tiersync_outbox", t="tiersync.tiersync_trace", p="%s"),
+                   (ids["prov"],)) == [(1,)]
+    assert q(tmp / "prov-x.db", own.format(o="tiersync_outbox", t="tiersync_trace", p="?"), (ids["nat"],)) == [(2,)]
     for name in nodes:
         log = (tmp / f"{name}.log").read_text()
         assert "Traceback" not in log and "stopped" not in log, log

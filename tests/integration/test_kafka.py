@@ -95,7 +95,7 @@ def test_postgres_to_kafka_to_postgres_exact_values(tmp_path, pg_databases, kafk
     assert pg_rows(target, "SELECT count(*) FROM enterprise") == [(303,)]
     assert pg_rows(target, "SELECT count(*) FROM tiersync.tiersync_dead_letter") == [(0,)]
     status = json.loads(cli("status", "--config", str(config), "--json").output)
-    by_name = {p["name"]: p for p in (status if isinstance(status, list) else status["pipelines"])}
+    by_name = {p["name"]: p for p in status["pipelines"]}
     assert by_name["down"]["pending"] == 0 and not by_name["down"]["error"], by_name["down"]
     assert by_name["up"]["applied_position"].startswith("pglog:")
 

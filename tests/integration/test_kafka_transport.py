@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from engine.debezium import unescape_name
-from tests.exchange_nodes import capture_out, inbox_in, kill_9_both_sides, node_file, q, sqlite_db
+from connectors.kafka.schemas import column_name
+from tests.exchange_nodes import capture_out, inbox_in, kill_9_both_sides, node_file, q, sqlite_copy, sqlite_db
 from tests.helpers import cli, run_once
 
 CITY_DDL = ('CREATE TABLE qy (qyid INTEGER PRIMARY KEY, "企业名称" TEXT, zczb NUMERIC, clrq TEXT)',
@@ -97,7 +97,7 @@ def test_debezium_envelopes_on_per_table_topics(tmp_path, kafka_broker, fmt):
         schema_id = int.from_bytes(first.value[1:5], "big")
         schemas = {int(m.key): json.loads(m.value) for m in topic_messages(kafka_broker, "_tiersync_schemas")}
         fields = schemas[schema_id]["fields"][0]["type"][1]["fields"]
-        assert [unescape_name(f["name"]) for f in fields] == ["qyid", "企业名称", "zczb", "clrq"]
+        assert [column_name(f["name"]) for f in fields] == ["qyid", "企业名称", "zczb", "clrq"]
     # the same messages again (a sender that crashed before it marked them sent): nothing changes
     with sqlite3.connect(tmp_path / "county-x.db") as conn:
         conn.execute("UPDATE tiersync_outbox SET acked_at = NULL")
@@ -168,3 +168,31 @@ def test_kill_9_of_either_side_over_kafka_loses_and_doubles_nothing(tmp_path, ka
         assert time.monotonic() < deadline, "the city never caught up"
         run_once(city)
     assert q(tmp_path / "city.db", "SELECT count(*) FROM tiersync_dead_letter") == [(0,)]
+
+
+def test_a_restored_sender_is_taken_up_again_over_kafka(tmp_path, kafka_broker):
+    county, city, county_id, city_id = nodes(tmp_path, kafka_broker, "avro", f"seq{random.randrange(10**6)}")
+    with sqlite3.connect(tmp_path / "county.db") as conn:
+        conn.executemany("INSERT INTO enterprise VALUES (?, ?, '1.50', '2020-01-02')",
+                         [(i, f"企业{i}") for i in range(1, 51)])  # batch 1
+    run_once(county)
+    run_once(city)
+    sqlite_copy(tmp_path / "county-x.db", tmp_path / "backup.db")
+    with sqlite3.connect(tmp_path / "county.db") as conn:
+        conn.executemany("INSERT INTO enterprise VALUES (?, ?, '2.50', '2020-01-02')",
+                         [(i, f"企业{i}") for i in range(51, 101)])  # batch 2
+    run_once(county)
+    run_once(city)
+    assert in_sync(tmp_path)
+    sqlite_copy(tmp_path / "backup.db", tmp_path / "county-x.db")  # restored: the next batch is 2 again
+    with sqlite3.connect(tmp_path / "county.db") as conn:
+        conn.execute("UPDATE enterprise SET name = '新名' WHERE id <= 30")
+    run_once(county)
+    run_once(city)
+    assert not in_sync(tmp_path)  # the receiving end took the new batch 2 for the old one and dropped it
+    cli("inbox", "accept-sequence", "--config", str(city), "--sender", county_id, "--from", "2")
+    cli("outbox", "resend", "--config", str(county), "--link", city_id, "--from", "2")
+    run_once(county)
+    run_once(city)
+    assert in_sync(tmp_path)
+    assert q(tmp_path / "city.db", "SELECT count(*) FROM qy WHERE \"企业名称\" = '新名'") == [(30,)]

@@ -225,7 +225,86 @@ def test_relayed_changes_carry_a_replication_origin_and_do_not_echo(tmp_path, pg
     assert pg_rows(county, SAME) == pg_rows(city, SAME)
     assert [r[0] for r in pg_rows(county, SAME)] == [1, 2]
     origins = {r[0] for r in pg_rows(city, "SELECT roname FROM pg_replication_origin")}
-    assert "tiersync:up:county-110101" in origins
+    assert "tiersync:up" in origins and not any(o.startswith("tiersync:up:") for o in origins)  # one per pipeline
     # nothing came back to where it started: each side's own row was never written again
     assert pg_rows(county, version, (1,)) == county_row
     assert pg_rows(city, version, (2,)) == city_row
+
+
+ODD_COLUMNS = ("id bigint PRIMARY KEY, {t} text, v varchar(20), c char(3), n numeric, f float8, r real, b boolean, "
+               "d date, ts timestamp, tz timestamptz, tm time, iv interval, by bytea, j jsonb, js json, u uuid, "
+               "a int[], ta text[], m mood, ip inet, doc text")
+HOSTILE = ["tab\there", "new\nline", "cr\rhere", "back\\slash", "\\N", "\\.", "", "中文 é", "\\t literally",
+           "end\\", "'quote\"", "\t\n\r\\"]
+
+
+def read_one_batch(config):
+    """The events of one batch as the running pipeline reads them (nothing applied or acknowledged)."""
+    from engine.config import load_config
+    from engine.pipeline import PipelineRunner
+
+    runner = PipelineRunner(load_config(config), "wal")
+    runner.open()
+    try:
+        return runner.reader.read(10_000).events
+    finally:
+        runner.close()
+
+
+def test_rows_travel_as_copy_lines_exactly_with_hostile_values_renames_and_toast(tmp_path, pg_logical_databases):
+    """PG → PG with rename-only rules and the same column types: rows are never decoded, and arrive exactly;
+    a table whose target types differ takes the decoding path and arrives too."""
+    from engine.encoded import EncodedRow
+
+    source, target = pg_logical_databases
+    for url, label in ((source, "t"), (target, "label")):
+        pg_exec(url, "CREATE TYPE mood AS ENUM ('ok', 'sad', 'tab\tmood')",
+                f"CREATE TABLE odd ({ODD_COLUMNS.format(t=label)})",
+                "CREATE TABLE retyped (id integer PRIMARY KEY, v " + ("varchar(20)" if url == source else "text") + ")")
+    config = write_node(tmp_path / "node.yaml", {"src": source, "dst": target}, [{
+        "name": "wal", "source": {"database": "src", "capture": "logical", "tables": ["odd", "retyped"]},
+        "target": {"database": "dst"}, "mappings": [{"source": "odd", "columns": {"t": "label"}}],
+        "batch_size": 50, "poll_interval": 0.05}])
+    cli("slot", "create", "--config", str(config), "--pipeline", "wal")
+    with psycopg.connect(source) as conn:
+        for i, text in enumerate(HOSTILE, 1):
+            conn.execute(
+                "INSERT INTO odd VALUES (%s, %s, %s, 'ab', %s, %s, 1.5e-7, %s, '2024-02-29', '2024-01-01 23:59:59.5', "
+                "'2024-06-01 12:00+08', '24:00', '1 mon 2 days 03:04:05', %s, %s, %s, gen_random_uuid(), "
+                "ARRAY[1, NULL, 3], ARRAY[%s, NULL, 'x,y', '\"q\"'], %s, '10.0.0.1/8', NULL)",
+                (i, text, text[:20], f"{i}.10", 0.1 * i, i % 2 == 0, text.encode(), f'{{"k": {i}, "s": "{i}"}}',
+                 '{"t": "\\t\\n"}', text, ["ok", "sad", "tab\tmood"][i % 3]))
+        conn.execute("INSERT INTO odd (id) VALUES (100)")  # NULL in every other column
+        conn.execute("INSERT INTO odd (id, n, f, d, tz) VALUES (101, 'NaN', '-Infinity', 'infinity', '-infinity')")
+        conn.execute("INSERT INTO retyped SELECT g, 'v' || g FROM generate_series(1, 5) g")
+    events = read_one_batch(config)
+    assert {type(e.after) for e in events if str(e.table) == "public.odd"} == {EncodedRow}
+    assert {type(e.after) for e in events if str(e.table) == "public.retyped"} == {dict}
+    big = "长文本" * 100_000  # TOASTed: later updates send it as 'unchanged', which must not become NULL
+    pg_exec(source, f"UPDATE odd SET doc = '{big}' WHERE id = 3",
+            "UPDATE odd SET t = t || ' again', n = n + 1 WHERE id % 2 = 1",  # id 3: its doc is unchanged TOAST
+            "UPDATE odd SET id = id + 1000 WHERE id = 4",  # a key change: the old row goes
+            "DELETE FROM odd WHERE id = 5", "UPDATE retyped SET v = 'w' WHERE id = 2")
+    run_once(config)
+    for table in ("odd", "retyped"):
+        query = f"SELECT r::text FROM {table} r ORDER BY id"  # every column as PostgreSQL prints it
+        assert pg_rows(target, query) == pg_rows(source, query)
+    assert pg_rows(target, "SELECT length(doc), label FROM odd WHERE id = 3") == [(300_000, "cr\rhere again")]
+
+
+def test_inserted_rows_the_target_already_has_are_upserted_with_their_origin(logical):
+    """New rows are COPied straight into the target; when some are there already (a replay, a full load that
+    saw them) the plain COPY is refused and rolled back, and the upsert writes them all, still marked."""
+    config, source, target = logical
+    pg_exec(target, "CREATE TABLE seen (id integer, origin text)",
+            "CREATE FUNCTION note_origin() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "INSERT INTO seen VALUES (NEW.id, current_setting('tiersync.origin', true)); RETURN NEW; END $$",
+            "CREATE TRIGGER note AFTER INSERT OR UPDATE ON item FOR EACH ROW EXECUTE FUNCTION note_origin()",
+            "INSERT INTO item VALUES (150, 'stale', 0, NULL, NULL, NULL)")  # in the middle of the first batch
+    cli("slot", "create", "--config", str(config), "--pipeline", "wal")
+    pg_exec(source, "INSERT INTO item SELECT g, 'new', g, NULL, NULL, NULL FROM generate_series(1, 1000) g")
+    run_once(config)
+    assert pg_rows(target, SAME) == pg_rows(source, SAME)
+    # every row written once by the apply (the refused COPY left nothing), each marked with the source node
+    assert pg_rows(target, "SELECT count(*), count(DISTINCT id), min(origin), max(origin) FROM seen "
+                           "WHERE origin <> ''") == [(1000, 1000, "county-110101", "county-110101")]

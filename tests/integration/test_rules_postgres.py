@@ -225,7 +225,7 @@ def test_conflict_newer_wins_keeps_a_target_row_changed_later(tmp_path, pg_datab
     run_once(config)
     assert pg_rows(city, "SELECT id, v FROM item ORDER BY id") == [(1, "ours again"), (2, "ours")]
     out = cli("rules", "test", "--config", str(config), "--mapping", "public.item", "--sample", "1").output
-    assert "WHERE t.\"tbsj\" IS NULL OR" in out
+    assert 'SELECT "id", "tbsj" FROM "public"."item" WHERE ("id") IN ((%s)) FOR UPDATE' in out
 
 
 def test_conflict_newer_wins_needs_a_commit_time_column(tmp_path):
@@ -236,4 +236,4 @@ def test_conflict_newer_wins_needs_a_commit_time_column(tmp_path):
     assert "conflict: newer_wins needs metadata: {captured_at: COLUMN}" in out
     path.write_text(path.read_text().replace("newer_wins", "higher_tier_wins"))
     out = cli("rules", "validate", "--offline", "--config", str(path), expect=2).output
-    assert "'source_wins' or 'newer_wins'" in out
+    assert "conflict: higher_tier_wins needs metadata: {tier: COLUMN}" in out

@@ -88,7 +88,7 @@ def test_relayed_changes_carry_their_origin_and_never_echo_back(tmp_path, pg_dat
     run_once(county_node)  # the county's capture of the city's change is not sent back up
     assert pg_rows(city, "SELECT count(*) FROM tiersync.tiersync_change_log") == [(0,)]
     status = json.loads(cli("status", "--config", str(county_node), "--json").output)
-    assert status[0]["pending"] == 0
+    assert status["pipelines"][0]["pending"] == 0
     assert pg_rows(city, "SELECT id, name FROM enterprise ORDER BY id") == [(1, "县里的企业"), (2, "市里的企业")]
 
 

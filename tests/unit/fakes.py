@@ -76,6 +76,11 @@ class MemoryTarget(TargetSession):
         for ident in keys:
             data.pop(tuple(ident), None)
 
+    def current_rows(self, table, key, columns, keys):
+        data = self.tables.get(table.id, {})
+        rows = [data.get(tuple(k)) for k in keys]
+        return [tuple(row.get(c) for c in columns) for row in rows if row is not None]
+
     def truncate(self, table):
         self.tables[table.id] = {}
 

@@ -68,8 +68,8 @@ def test_link_and_route_problems_come_with_lines(tmp_path):
     with pytest.raises(ConfigError) as error:
         config(tmp_path, bad)
     text = "\n".join(error.value.problems)
-    assert ("node.yaml:11: exchange.links.emergency-110100.transport: Input should be 'exchange-db', 'http' or "
-            "'kafka' (got 'ftp')") in text
+    assert ("node.yaml:11: exchange.links.emergency-110100.transport: Input should be 'exchange-db', 'http', "
+            "'kafka', 'directory' or 'bundle' (got 'ftp')") in text
     bad = bad.replace("transport: ftp", "transport: exchange-db")
     with pytest.raises(ConfigError) as error:
         config(tmp_path, bad)

@@ -34,12 +34,13 @@ def test_acknowledging_while_another_thread_records_commits():
     reader = reader_with({})
     stop = threading.Event()
 
-    def read_ahead():
-        lsn = 1000
+    def read_ahead():  # keeps changing the map during every acknowledgement, within a bounded key range
+        step = 0
         while not stop.is_set():
+            lsn = 1000 + (step % 800) * 100
             with reader._lock:
                 reader._end_lsns[PostgresLsnPosition(lsn, 0).serialise()] = lsn + 10
-            lsn += 100
+            step += 1
 
     thread = threading.Thread(target=read_ahead)
     thread.start()

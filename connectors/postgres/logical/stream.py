@@ -21,6 +21,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from .lsn import Lsn
 
 _XLOG = Struct("!QQq").unpack_from
+_XLOG_END = Struct("!Q").unpack_from
 _KEEPALIVE = Struct("!QqB").unpack_from
 _STATUS = Struct("!cQQQqB").pack
 _new_lsn = int.__new__  # values unpacked with "Q" need no range check
@@ -97,6 +98,8 @@ class ReplicationStream:
         self._conn: psycopg.Connection | None = None
         self._confirmed = Lsn(start_lsn)
         self._server_wal_end = Lsn(0)
+        self.data_wal_end = 0  # the highest WAL end of the XLogData read with read_payload / read_buffered
+        self._end_seen = False  # read_buffered met the end of the stream
         self._sent: tuple[Lsn, float] = (Lsn(0), 0.0)  # last reported position, and when
 
     @property
@@ -126,6 +129,7 @@ class ReplicationStream:
         params = _CONNECTION_DEFAULTS | conninfo_to_dict(self._url) | {"replication": "database",
                                                                         "client_encoding": "UTF8"}
         conninfo = make_conninfo("", **params)
+        self._end_seen = False
         try:
             self._conn = psycopg.connect(conninfo, autocommit=True)
             cursor = self._conn.execute(self.start_command())
@@ -160,7 +164,68 @@ class ReplicationStream:
         Keepalives are handled here (recorded, and answered when the server asks).
         Raises :class:`ReplicationStreamError` when the server ends the stream or the connection breaks.
         """
+        data = self._next_xlog(timeout)
+        if data is None:
+            return None
+        start, end, _ = _XLOG(data, 1)
+        return _new_tuple(XLogData, (_new_lsn(Lsn, start), _new_lsn(Lsn, end), bytes(data[25:])))
+
+    def read_payload(self, timeout: float, until_keepalive: bool = False) -> bytes | None:
+        """As :meth:`read`, but only the payload (the hot path); :attr:`data_wal_end` keeps the highest
+        WAL end the XLogData messages carried. With ``until_keepalive``, a keepalive also ends the wait
+        (returning None): the server sends one when it has nothing more to send for now."""
+        data = self._next_xlog(timeout, until_keepalive)
+        if data is None:
+            return None
+        (end,) = _XLOG_END(data, 9)
+        if end > self.data_wal_end:
+            self.data_wal_end = end
+        return bytes(data[25:])
+
+    def read_buffered(self, limit: int) -> list[bytes]:
+        """Up to ``limit`` XLogData payloads that have already arrived, in order, without waiting ([] when no
+        whole message is there yet); as :meth:`read_payload` otherwise. For draining a backlog in one go."""
         pgconn = self._pgconn()
+        payloads: list[bytes] = []
+        refilled = False
+        while len(payloads) < limit:
+            try:
+                nbytes, data = pgconn.get_copy_data(1)
+                if nbytes == 0 and not refilled:  # take in what the socket holds, once, without blocking
+                    refilled = True
+                    pgconn.consume_input()
+                    continue
+            except psycopg.Error as exc:
+                raise self._broken(exc) from exc
+            if nbytes <= 0:
+                if nbytes < 0:
+                    self._end_seen = True  # reported by the next read, after these payloads
+                break
+            if data[0] == _XLOG_BYTE:
+                (end,) = _XLOG_END(data, 9)
+                if end > self.data_wal_end:
+                    self.data_wal_end = end
+                payloads.append(bytes(data[25:]))
+            else:
+                self._keepalive(data)
+        return payloads
+
+    def _keepalive(self, data) -> None:
+        """Record a primary keepalive, and answer it when the server asks."""
+        if data[0] != _KEEPALIVE_BYTE:
+            raise ReplicationStreamError(f"unexpected replication message type {chr(data[0])!r}")
+        wal_end, _, reply_requested = _KEEPALIVE(data, 1)
+        self._server_wal_end = Lsn(wal_end)
+        if reply_requested and (self._sent[0] != self._confirmed
+                                or time.monotonic() - self._sent[1] > _REPEAT_REPLY_GAP):
+            self._send_status(reply_now=False)
+
+    def _next_xlog(self, timeout: float, until_keepalive: bool = False):
+        """The next XLogData CopyData message as received (None: none within ``timeout``, or a keepalive came
+        when ``until_keepalive``); keepalives handled."""
+        pgconn = self._pgconn()
+        if self._end_seen:
+            raise self._ended()
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -168,17 +233,11 @@ class ReplicationStream:
             except psycopg.Error as exc:
                 raise self._broken(exc) from exc
             if nbytes > 0:
-                kind = data[0]
-                if kind == _XLOG_BYTE:
-                    start, end, _ = _XLOG(data, 1)
-                    return _new_tuple(XLogData, (_new_lsn(Lsn, start), _new_lsn(Lsn, end), bytes(data[25:])))
-                if kind != _KEEPALIVE_BYTE:
-                    raise ReplicationStreamError(f"unexpected replication message type {chr(kind)!r}")
-                wal_end, _, reply_requested = _KEEPALIVE(data, 1)
-                self._server_wal_end = Lsn(wal_end)
-                if reply_requested and (self._sent[0] != self._confirmed
-                                        or time.monotonic() - self._sent[1] > _REPEAT_REPLY_GAP):
-                    self._send_status(reply_now=False)
+                if data[0] == _XLOG_BYTE:
+                    return data
+                self._keepalive(data)
+                if until_keepalive:
+                    return None
             elif nbytes == 0:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
