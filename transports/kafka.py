@@ -51,20 +51,13 @@ def _schema_registry(brokers: list[str], producer=None) -> SchemaRegistry:
         producer.send(SCHEMA_TOPIC, key=str(sid).encode(), value=json.dumps(schema).encode()).get(30)
 
     def fetch():
-        consumer = kafka.KafkaConsumer(bootstrap_servers=brokers, enable_auto_commit=False, group_id=None)
+        from connectors.kafka.connection import read_to_end
+
+        consumer = kafka.KafkaConsumer(bootstrap_servers=brokers, enable_auto_commit=False, group_id=None,
+                                       auto_offset_reset="earliest")  # never skip to the end on a reset
         try:
-            parts = consumer.partitions_for_topic(SCHEMA_TOPIC) or set()
-            tps = [kafka.TopicPartition(SCHEMA_TOPIC, p) for p in parts]
-            if not tps:
-                return []
-            consumer.assign(tps)
-            consumer.seek_to_beginning(*tps)
-            ends = consumer.end_offsets(tps)
-            found = []
-            while any(consumer.position(tp) < ends[tp] for tp in tps):
-                for records in consumer.poll(1000).values():
-                    found += [(int(r.key), json.loads(r.value)) for r in records]
-            return found
+            tps = [kafka.TopicPartition(SCHEMA_TOPIC, p) for p in consumer.partitions_for_topic(SCHEMA_TOPIC) or ()]
+            return [(int(r.key), json.loads(r.value)) for r in read_to_end(consumer, tps, timeout_ms=1000)]
         finally:
             consumer.close()
 
@@ -81,7 +74,8 @@ class KafkaTransport(Transport):
         if self._producer is None:
             try:
                 self._producer = kafka.KafkaProducer(bootstrap_servers=self.link.brokers, acks="all", linger_ms=5,
-                                                     batch_size=512 * 1024, max_request_size=8 * 1024 * 1024)
+                                                     enable_idempotence=True, batch_size=512 * 1024,
+                                                     max_request_size=8 * 1024 * 1024)
                 self._admin = kafka.KafkaAdminClient(bootstrap_servers=self.link.brokers)
             except kafka.errors.KafkaError as exc:
                 raise TransientError(f"kafka {self.link.brokers}: {exc}") from None

@@ -25,7 +25,7 @@ from engine.seams import (
     TriggerCapture,
 )
 
-from .connection import KafkaUrl, admin, consumer
+from .connection import KafkaUrl, admin, consumer, read_to_end
 from .errors import translate
 from .position import KafkaPosition
 from .reader import KafkaReader
@@ -137,16 +137,7 @@ class KafkaConnector(Connector):
         client = consumer(self.kafka, max_poll_records=5000)
         try:
             tps = [TopicPartition(topic, n) for n in sorted(client.partitions_for_topic(topic) or ())]
-            if not tps:
-                return []
-            client.assign(tps)
-            client.seek_to_beginning(*tps)
-            ends = client.end_offsets(tps)
-            records = []
-            while any(client.position(tp) < end for tp, end in ends.items()):
-                for batch in client.poll(timeout_ms=2000).values():
-                    records.extend(batch)
-            return sorted(records, key=lambda r: r.timestamp)
+            return sorted(read_to_end(client, tps), key=lambda r: r.timestamp)
         except Exception as exc:  # noqa: BLE001 - translated
             raise translate(exc, f"reading {topic}") from None
         finally:

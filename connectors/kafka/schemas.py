@@ -417,25 +417,19 @@ class SchemaRegistry:
             return
         from kafka import TopicPartition
 
-        from .connection import consumer
+        from .connection import consumer, read_to_end
 
         tp = TopicPartition(self.url.schema_topic, 0)
         client = consumer(self.url, max_poll_records=1000)
         try:
             if not client.partitions_for_topic(self.url.schema_topic):
                 return
-            client.assign([tp])
-            end = client.end_offsets([tp])[tp]
-            client.seek(tp, self._offset)
-            while self._offset < end:
-                for records in client.poll(timeout_ms=2000).values():
-                    for record in records:
-                        self._offset = record.offset + 1
-                        doc = json.loads(record.value)
-                        if doc["id"] not in self._by_id:
-                            parsed = ParsedSchema(doc["id"], doc["subject"], json.loads(doc["schema"]))
-                            self._by_id[doc["id"]] = parsed
-                        self._latest[doc["subject"]] = self._by_id[doc["id"]]
+            for record in read_to_end(client, [tp], {tp: self._offset}):
+                self._offset = record.offset + 1
+                doc = json.loads(record.value)
+                if doc["id"] not in self._by_id:
+                    self._by_id[doc["id"]] = ParsedSchema(doc["id"], doc["subject"], json.loads(doc["schema"]))
+                self._latest[doc["subject"]] = self._by_id[doc["id"]]
         except Exception as exc:  # noqa: BLE001 - translated
             from .errors import translate
 

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from connectors.kafka.connection import read_to_end
 from connectors.kafka.schemas import column_name
 from tests.exchange_nodes import capture_out, inbox_in, kill_9_both_sides, node_file, q, sqlite_copy, sqlite_db
 from tests.helpers import cli, run_once
@@ -51,17 +52,10 @@ def nodes(tmp_path, broker, fmt: str, tag: str):
 def topic_messages(broker, topic):
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False, group_id=None)
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False, group_id=None,
+                             auto_offset_reset="earliest")
     try:
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
-        out = []
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
-            for records in consumer.poll(1000).values():
-                out += records
-        return out
+        return read_to_end(consumer, [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)])
     finally:
         consumer.close()
 
