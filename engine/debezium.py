@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from datetime import date, datetime, time, timezone
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 from uuid import UUID
+
+import orjson
 
 from .avro import _branch, schema_id, wire_split
 from .event import ChangeEvent, Op, TableId
@@ -139,6 +142,21 @@ def envelope_text(doc: dict, kinds: dict[str, dict[str, str]]) -> bytes:
 
 
 ENVELOPE_DECODER = json.JSONDecoder(parse_float=Decimal)  # built once: json.loads(…, parse_float=…) builds one per call
+# a run of 19 digits or more: only an integer can hold one (a double's text has at most 17), maybe beyond 64 bits
+_LONG_NUMBER = re.compile(rb"[0-9]{19}")
+
+
+def parse_envelope(data: bytes) -> dict:
+    """A JSON envelope (:func:`to_json`) parsed exactly. Outside a JSON column's document (kind ``json``) its
+    floats are doubles written in their shortest form, so orjson reads them exactly too, and it is used unless
+    the text holds a JSON document or an integer orjson would turn into a float (beyond 64 bits); those, and
+    anything orjson refuses, take the standard library with decimals kept as :class:`Decimal`."""
+    if b'"json"' not in data and _LONG_NUMBER.search(data) is None:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return ENVELOPE_DECODER.decode(data.decode())
 
 
 def envelope_key(doc: dict, typed: bool = False) -> list:
@@ -153,7 +171,7 @@ def envelope_key(doc: dict, typed: bool = False) -> list:
 
 
 def from_json(data: bytes) -> ChangeEvent:
-    doc = ENVELOPE_DECODER.decode(data.decode())
+    doc = parse_envelope(data)
     kinds = doc.get("tiersync_types") or {}
 
     def image(name: str) -> dict | None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from engine.batchcodec import batch_lines, batch_of_lines
 from engine.config import Config
-from engine.debezium import ENVELOPE_DECODER, SchemaRegistry, envelope_key, to_json
+from engine.debezium import SchemaRegistry, envelope_key, parse_envelope, to_json
 from engine.errors import TerminalError, TransientError
 from engine.exchange import OutgoingBatch, TraceRow
 from engine.jsontext import dumps_exact
@@ -140,7 +140,7 @@ class KafkaTransport(Transport):
         avro = self.link.format == "avro"
         messages = []
         for line in batch_lines(batch.payload):
-            doc = ENVELOPE_DECODER.decode(line.decode())
+            doc = parse_envelope(line)
             table = doc["source"]["table"]
             if avro:
                 messages.append((table, envelope_key(doc, typed=True), self._writer(table).encode_json(doc)))

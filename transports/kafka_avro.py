@@ -26,12 +26,12 @@ from typing import Any
 from connectors.kafka.schemas import ParsedSchema, table_schema
 from engine.avro import value_union, wire_encode, wire_split
 from engine.debezium import (
-    ENVELOPE_DECODER,
     SchemaRegistry,
     avro_to_json,
     branch_of_json,
     envelope_text,
     json_of_avro,
+    parse_envelope,
     to_json,
 )
 from engine.event import ChangeEvent, TableId
@@ -207,11 +207,11 @@ class LinkTopicWriter:
 
     def encode(self, event: ChangeEvent) -> bytes:
         """The message of ``event``: the same as :meth:`encode_json` of its JSON envelope."""
-        return self.encode_json(ENVELOPE_DECODER.decode(to_json(event).decode()))
+        return self.encode_json(parse_envelope(to_json(event)))
 
     def encode_json(self, doc: dict) -> bytes:
         """The Avro message of a JSON envelope (:func:`engine.debezium.to_json`, parsed with
-        :data:`ENVELOPE_DECODER`)."""
+        :func:`engine.debezium.parse_envelope`)."""
         kinds = doc.get("tiersync_types") or {}
         before, after = doc["before"], doc["after"]
         images = [(row, kinds.get(name) or {}) for name, row in (("before", before), ("after", after)) if row]
