@@ -19,15 +19,15 @@ import threading
 import time
 from typing import Any
 
-from engine.batchcodec import batch_lines, batch_of_lines
+from engine.batchcodec import batch_of_lines
 from engine.config import Config
-from engine.debezium import SchemaRegistry, envelope_key, parse_envelope, to_json
+from engine.debezium import SchemaRegistry
 from engine.errors import TerminalError, TransientError
 from engine.exchange import OutgoingBatch, TraceRow
-from engine.jsontext import dumps_exact
 from engine.transport import Transport, retry_delay
 
-from .kafka_avro import LinkReader, LinkTopicWriter
+from .kafka_avro import LinkReader
+from .kafka_messages import BACKGROUND_FROM, BackgroundMaker, BatchMessages, MessageMaker
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +43,10 @@ def _kafka():
     return kafka
 
 
-def _schema_registry(brokers: list[str], producer=None) -> SchemaRegistry:
-    """Schemas by id, kept on a Kafka topic (an embedded registry that travels with the data)."""
+def _schema_registry(brokers: list[str]) -> SchemaRegistry:
+    """Schemas by id as a receiving end reads them from the ``_tiersync_schemas`` topic (an embedded registry
+    that travels with the data); the sending end publishes there (:meth:`KafkaTransport._publish`)."""
     kafka = _kafka()
-
-    def publish(sid: int, schema: dict) -> None:
-        producer.send(SCHEMA_TOPIC, key=str(sid).encode(), value=json.dumps(schema).encode()).get(30)
 
     def fetch():
         from connectors.kafka.connection import read_to_end
@@ -61,13 +59,14 @@ def _schema_registry(brokers: list[str], producer=None) -> SchemaRegistry:
         finally:
             consumer.close()
 
-    return SchemaRegistry(publish if producer is not None else None, fetch)
+    return SchemaRegistry(None, fetch)
 
 
 class KafkaTransport(Transport):
     """The sending end: one message per change, all of a batch acknowledged (acks=all) before it counts as sent."""
 
     _producer = None
+    _background: BackgroundMaker | None = None
 
     def _connect(self):
         kafka = _kafka()
@@ -80,11 +79,11 @@ class KafkaTransport(Transport):
             except kafka.errors.KafkaError as exc:
                 raise TransientError(f"kafka {self.link.brokers}: {exc}") from None
             self._topics: set[str] = set()
-            self._registry = _schema_registry(self.link.brokers, self._producer)
-            self._writers: dict[str, LinkTopicWriter] = {}
-            routes = self.config.exchange.tables
-            self._keys = {table: route.key for table, route in routes.items()}
+            self._maker = MessageMaker(self.node, self.link_name, self.link.format, self._keys())
         return self._producer
+
+    def _keys(self) -> dict[str, list[str]]:
+        return {table: route.key for table, route in self.config.exchange.tables.items()}
 
     def _ensure_topic(self, topic: str) -> None:
         if topic in self._topics:
@@ -102,66 +101,51 @@ class KafkaTransport(Transport):
     def topic(self, table: str) -> str:
         return f"{self.node}.{self.link_name}.{table}"
 
-    def _writer(self, table: str) -> LinkTopicWriter:
-        topic = self.topic(table)
-        writer = self._writers.get(topic)
-        if writer is None:
-            writer = self._writers[topic] = LinkTopicWriter(topic, table, self._registry)
-        return writer
-
-    def encode(self, event) -> bytes:
-        return self._writer(event.table.name).encode(event) if self.link.format == "avro" else to_json(event)
-
     def send(self, batch: OutgoingBatch) -> bool:
         return self.send_all([batch])[0]
 
     def send_all(self, batches: list[OutgoingBatch]) -> list[bool]:
-        """Produce every message of ``batches``, then wait once for all acknowledgements (acks=all): encoding the
-        next messages overlaps the broker's work on the last ones. Any failure fails them all (sent again)."""
+        """Produce every message of ``batches``, then wait once for all acknowledgements (acks=all). A large send
+        has its messages made in the helper process while the earlier ones are produced. Any failure fails them
+        all (sent again)."""
         kafka = _kafka()
         producer = self._connect()
         try:
-            if self.link.format == "avro":
-                self._ensure_topic(SCHEMA_TOPIC)
+            if self._background is None and sum(b.events for b in batches) >= BACKGROUND_FROM:
+                self._background = BackgroundMaker(self.node, self.link_name, self.link.format, self._keys())
+            if self._background is not None:
+                made = [self._background.submit(b.payload) for b in batches]
+                messages = (self._background.result(m, self.link.timeout) for m in made)
+            else:
+                messages = (self._maker.make(b.payload) for b in batches)
             futures = []
-            for batch in batches:
-                futures += self._produce(producer, batch)
+            for batch, batch_messages in zip(batches, messages):
+                futures += self._produce(producer, batch, batch_messages)
             producer.flush(self.link.timeout)
             for future in futures:
                 future.get(self.link.timeout)
         except kafka.errors.KafkaError as exc:
             self.close()
             raise TransientError(f"kafka {self.link.brokers}: {type(exc).__name__}: {exc}") from None
+        except TransientError:
+            self.close()
+            raise
         return [True] * len(batches)
 
-    def _messages(self, batch: OutgoingBatch) -> list[tuple[str, list, bytes]]:
-        """(table, key values, message value) of each change of ``batch``, in order. The batch's lines are the
-        JSON envelopes: sent as they are, or turned into Avro from their values (no event is built)."""
-        avro = self.link.format == "avro"
-        messages = []
-        for line in batch_lines(batch.payload):
-            doc = parse_envelope(line)
-            table = doc["source"]["table"]
-            if avro:
-                messages.append((table, envelope_key(doc, typed=True), self._writer(table).encode_json(doc)))
-            else:
-                messages.append((table, envelope_key(doc), line))
-        return messages
+    def _publish(self, producer, sid: int, schema: dict) -> None:
+        self._ensure_topic(SCHEMA_TOPIC)
+        producer.send(SCHEMA_TOPIC, key=str(sid).encode(), value=json.dumps(schema).encode()).get(self.link.timeout)
 
-    def _produce(self, producer, batch: OutgoingBatch) -> list:
-        messages = self._messages(batch)
-        common = [("tiersync-batch", batch.batch_id.encode()), ("tiersync-seq", str(batch.seq).encode()),
-                  ("tiersync-count", str(len(messages)).encode())]
-        futures = []
-        send = producer.send
-        for index, (table, key_values, value) in enumerate(messages):
-            topic = self.topic(table)
+    def _produce(self, producer, batch: OutgoingBatch, messages: BatchMessages) -> list:
+        for sid, schema in messages.new_schemas:  # on the broker before any message names it
+            self._publish(producer, sid, schema)
+        for topic in set(messages.topics):
             self._ensure_topic(topic)
-            columns = self._keys.get(table) or [str(i) for i in range(len(key_values))]
-            key = dumps_exact(dict(zip(columns, key_values))).encode()
-            headers = [*common, ("tiersync-index", str(index).encode())]
-            futures.append(send(topic, key=key, value=value, headers=headers))
-        return futures
+        common = [("tiersync-batch", batch.batch_id.encode()), ("tiersync-seq", str(batch.seq).encode()),
+                  ("tiersync-count", str(len(messages.values)).encode())]
+        send = producer.send
+        return [send(topic, key=key, value=value, headers=[*common, ("tiersync-index", str(index).encode())])
+                for index, (topic, key, value) in enumerate(zip(messages.topics, messages.keys, messages.values))]
 
     def trace(self, batch_ids: list[str]) -> list[TraceRow]:
         return []  # Kafka carries no answers back: a kafka link's trace ends at "sent"
@@ -170,6 +154,9 @@ class KafkaTransport(Transport):
         return f"kafka {','.join(self.link.brokers)}"
 
     def close(self) -> None:
+        if self._background is not None:  # it may remember schemas as published that never were
+            self._background.close()
+            self._background = None
         if self._producer is not None:
             for part in (self._producer, self._admin):
                 try:

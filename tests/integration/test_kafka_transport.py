@@ -68,8 +68,11 @@ def in_sync(tmp):
     return county == city and history == committed
 
 
+@pytest.mark.parametrize("maker", ["here", "helper"])
 @pytest.mark.parametrize("fmt", ["json", "avro"])
-def test_debezium_envelopes_on_per_table_topics(tmp_path, kafka_broker, fmt):
+def test_debezium_envelopes_on_per_table_topics(tmp_path, kafka_broker, fmt, maker, monkeypatch):
+    if maker == "helper":  # every send's messages made in the helper process, as a busy link's are
+        monkeypatch.setattr("transports.kafka.BACKGROUND_FROM", 1)
     county, city, county_id, city_id = nodes(tmp_path, kafka_broker, fmt, f"{fmt}{random.randrange(10**6)}")
     with sqlite3.connect(tmp_path / "county.db") as conn:
         conn.executemany("INSERT INTO enterprise VALUES (?, ?, ?, ?)",
@@ -190,3 +193,57 @@ def test_a_restored_sender_is_taken_up_again_over_kafka(tmp_path, kafka_broker):
     run_once(city)
     assert in_sync(tmp_path)
     assert q(tmp_path / "city.db", "SELECT count(*) FROM qy WHERE \"企业名称\" = '新名'") == [(30,)]
+
+
+def test_a_lost_helper_or_a_failed_schema_publish_fails_the_send_and_the_next_send_is_complete(tmp_path, kafka_broker,
+                                                                                               monkeypatch):
+    """A busy link makes its messages in a helper process. When that process dies, or a schema it registered
+    could not be published, the send fails (to be retried) and the retry starts a fresh helper, so every
+    message on the topic names a schema the topic's registry holds."""
+    import multiprocessing
+    import os
+    import signal
+
+    import kafka.errors
+
+    from engine.batchcodec import encode_batch
+    from engine.config import load_config
+    from engine.errors import TransientError
+    from engine.event import ChangeEvent, Op, TableId
+    from engine.exchange import OutgoingBatch
+    from transports.kafka import KafkaTransport, _schema_registry
+    from transports.kafka_avro import LinkReader
+
+    monkeypatch.setattr("transports.kafka.BACKGROUND_FROM", 1)
+    county, _, county_id, city_id = nodes(tmp_path, kafka_broker, "avro", f"lost{random.randrange(10**6)}")
+    config = load_config(county)
+
+    def batch(seq: int, columns: tuple[str, ...]) -> OutgoingBatch:
+        events = [ChangeEvent(Op.CREATE, TableId(None, "qy_jbxx"), (seq * 100 + i,), None,
+                              {"qyid": seq * 100 + i, **{c: f"{c}{i}" for c in columns}}, i, origin=county_id,
+                              path=(county_id,)) for i in range(10)]
+        return OutgoingBatch(city_id, seq, f"batch-{seq}", encode_batch(events), len(events))
+
+    transport = KafkaTransport(county_id, city_id, config.exchange.links[city_id], config)
+    try:
+        assert transport.send_all([batch(1, ("企业名称",))]) == [True]
+        for helper in multiprocessing.active_children():
+            os.kill(helper.pid, signal.SIGKILL)
+        with pytest.raises(TransientError, match="died"):
+            transport.send_all([batch(2, ("企业名称",))])
+        publish = KafkaTransport._publish
+
+        def fails_once(self, *args):
+            monkeypatch.setattr(KafkaTransport, "_publish", publish)
+            raise kafka.errors.KafkaTimeoutError("the broker did not answer")
+        monkeypatch.setattr(KafkaTransport, "_publish", fails_once)
+        with pytest.raises(TransientError, match="did not answer"):  # a new column: a new schema to publish
+            transport.send_all([batch(3, ("企业名称", "zczb"))])
+        assert transport.send_all([batch(2, ("企业名称",)), batch(3, ("企业名称", "zczb"))]) == [True, True]
+    finally:
+        transport.close()
+    reader = LinkReader(_schema_registry([kafka_broker.bootstrap]))
+    rows = [json.loads(reader.to_json(m.value))["after"]
+            for m in topic_messages(kafka_broker, f"{county_id}.{city_id}.qy_jbxx")]
+    assert sorted(r["qyid"] for r in rows) == [seq * 100 + i for seq in (1, 2, 3) for i in range(10)]
+    assert all(("zczb" in r) == (r["qyid"] >= 300) for r in rows)
