@@ -161,6 +161,9 @@ class LinkConfig(_Strict):
                                                                        "or Avro in the Confluent wire format")
     partitions: int = Field(default=1, ge=1, le=1000, description="kafka: partitions of topics tiersync creates")
     compact: bool = Field(default=False, description="kafka: create topics with cleanup.policy=compact")
+    helper_from: int = Field(default=2000, ge=0, description="kafka: a send of at least this many changes, or a "
+                             "poll of at least this many Avro messages, is encoded or read in a helper process "
+                             "while the link goes on (a second core); 0: never")
     inbox: str | None = Field(default=None, description="exchange-db: URL of the receiving node's exchange database")
     url: str | None = Field(default=None, description="http: the receiving node's endpoint, http(s)://host:port")
     key: SecretStr | None = Field(default=None, description="http: per-link HMAC key, the same at both ends")

@@ -17,6 +17,8 @@ import json
 import logging
 import threading
 import time
+from collections import deque
+from concurrent.futures import Future
 from typing import Any
 
 from engine.batchcodec import batch_of_lines
@@ -26,8 +28,14 @@ from engine.errors import TerminalError, TransientError
 from engine.exchange import OutgoingBatch, TraceRow
 from engine.transport import Transport, retry_delay
 
-from .kafka_avro import LinkReader
-from .kafka_messages import BACKGROUND_FROM, BackgroundMaker, BatchMessages, MessageMaker
+from .kafka_messages import (
+    BatchMessages,
+    Helper,
+    MessageMaker,
+    background_maker,
+    background_reader,
+    envelope_lines,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +74,7 @@ class KafkaTransport(Transport):
     """The sending end: one message per change, all of a batch acknowledged (acks=all) before it counts as sent."""
 
     _producer = None
-    _background: BackgroundMaker | None = None
+    _background: Helper | None = None
 
     def _connect(self):
         kafka = _kafka()
@@ -111,8 +119,8 @@ class KafkaTransport(Transport):
         kafka = _kafka()
         producer = self._connect()
         try:
-            if self._background is None and sum(b.events for b in batches) >= BACKGROUND_FROM:
-                self._background = BackgroundMaker(self.node, self.link_name, self.link.format, self._keys())
+            if self._background is None and 0 < self.link.helper_from <= sum(b.events for b in batches):
+                self._background = background_maker(self.node, self.link_name, self.link.format, self._keys())
             if self._background is not None:
                 made = [self._background.submit(b.payload) for b in batches]
                 messages = (self._background.result(m, self.link.timeout) for m in made)
@@ -208,55 +216,113 @@ class KafkaReceiver:
             raise TransientError(f"kafka {self.link.brokers}: {exc}") from None
 
     def _loop(self, store, consumer, once: bool) -> None:
+        """Poll, read, store: each poll's records go through :meth:`_stage` (headers, and the values read as JSON
+        envelopes: a large poll's in the helper process while the next poll runs), then through :meth:`_store`
+        strictly in poll order, each with the positions the consumer had right after that poll."""
         kafka = _kafka()
         saved = store.load_checkpoint(self.checkpoint)
         state = json.loads(saved) if saved else {"offsets": {}, "done": 0}
-        offsets: dict[str, int] = state["offsets"]
-        done: int = state["done"]  # every batch up to this sequence is in the inbox
-        written: set[int] = set()
-        pending: dict[int, dict[str, Any]] = {}
+        self._offsets: dict[str, int] = state["offsets"]
+        self._done: int = state["done"]  # every batch up to this sequence is in the inbox
+        self._written: set[int] = set()
+        self._pending: dict[int, dict[str, Any]] = {}
         assigned: list = []
-        reader = LinkReader(_schema_registry(self.link.brokers))
+        convert = envelope_lines(self.link.brokers)
+        staged: deque = deque()  # (records taken with their headers, their lines or a future, positions, polled)
         last_refresh = 0.0
         idle = 0
-        while not self.stop.is_set():
-            try:
-                if time.monotonic() - last_refresh > 2.0:
-                    assigned = self._assign(consumer, assigned, offsets)
-                    last_refresh = time.monotonic()
-                records = consumer.poll(200, max_records=20000) if assigned else {}
-            except kafka.errors.KafkaError as exc:
-                raise TransientError(f"kafka {self.link.brokers}: {exc}") from None
-            if not assigned:
-                if once:
-                    return
-                self.stop.wait(0.5)
-                continue
-            for tp, batch in records.items():
-                for record in batch:
-                    self._collect(record, tp, pending, done, written, reader)
-            complete = sorted(seq for seq, p in pending.items() if len(p["events"]) == p["count"])
-            rows = []
-            for seq in complete:
-                part = pending.pop(seq)
-                lines = [part["events"][i] for i in range(part["count"])]
-                rows.append((seq, part["id"], batch_of_lines(lines), len(lines)))
-                written.add(seq)
-            while done + 1 in written:
-                done += 1
-                written.discard(done)
-            for tp in assigned:
+        try:
+            while not self.stop.is_set():
+                try:
+                    if time.monotonic() - last_refresh > 2.0:
+                        assigned = self._assign(consumer, assigned, self._offsets)
+                        last_refresh = time.monotonic()
+                    records = consumer.poll(200, max_records=20000) if assigned else {}
+                    positions = {tp: consumer.position(tp) for tp in assigned}
+                except kafka.errors.KafkaError as exc:
+                    raise TransientError(f"kafka {self.link.brokers}: {exc}") from None
+                if not assigned:
+                    if once:
+                        return
+                    self.stop.wait(0.5)
+                    continue
+                staged.append((*self._stage(records, convert), positions, bool(records)))
+                # store what is read; with a poll in the helper, poll again while it reads (at most two ahead)
+                while staged and (len(staged) > 2 or not records or not isinstance(staged[0][1], Future)):
+                    taken, lines, at, polled = staged.popleft()
+                    if isinstance(lines, Future):
+                        lines = self._helper.result(lines, self.link.timeout)
+                    if polled:
+                        self._store(store, taken, lines, at, assigned)
+                if records or staged:
+                    idle = 0
+                else:
+                    idle += 1
+                    if once and idle >= 5 and not self._pending:
+                        return
+        finally:
+            if self._helper is not None:
+                self._helper.close()
+                self._helper = None
+
+    _helper: Helper | None = None
+
+    def _stage(self, records: dict, convert) -> tuple[list, Any]:
+        """The records of a poll that belong to batches not stored yet, with their headers, and their values as
+        JSON envelope lines (or a helper's future of them)."""
+        taken = []
+        for tp, batch in records.items():
+            for record in batch:
+                found = self._headers(record, tp)
+                if found is not None and not (found[0] <= self._done or found[0] in self._written):
+                    taken.append((tp, record, found))
+        values = [record.value for _, record, _ in taken]
+        if 0 < self.link.helper_from <= sum(1 for v in values if v[:1] == b"\x00"):
+            if self._helper is None:
+                self._helper = background_reader(self.link.brokers)
+            return taken, self._helper.submit(values)
+        return taken, convert(values)
+
+    def _headers(self, record, tp) -> tuple[int, int, int, str] | None:
+        headers = {k: v.decode() for k, v in (record.headers or [])}
+        try:
+            seq, index, count = (int(headers[h]) for h in ("tiersync-seq", "tiersync-index", "tiersync-count"))
+            return seq, index, count, headers["tiersync-batch"]
+        except (KeyError, ValueError):
+            log.error("kafka link %s: %s offset %s has no tiersync batch headers; skipped (not from tiersync)",
+                      self.link_name, tp, record.offset)
+            return None
+
+    def _store(self, store, taken: list, lines: list, positions: dict, assigned: list) -> None:
+        """Add a poll's changes to their batches; store the batches now whole in the inbox, with the offsets
+        (before the first record of a batch still incomplete, else ``positions``) in the same transaction."""
+        pending, written = self._pending, self._written
+        for (tp, record, (seq, index, count, batch_id)), line in zip(taken, lines):
+            if seq <= self._done or seq in written:
+                continue  # stored meanwhile: produced again after a sender crash
+            if isinstance(line, str):  # the inbox holds JSON envelopes (the inbox reader checks JSON ones)
+                raise TerminalError(f"kafka link {self.link_name}: {tp.topic}[{tp.partition}] offset "
+                                    f"{record.offset} cannot be read: {line}")
+            part = pending.setdefault(seq, {"id": batch_id, "count": count, "events": {}, "spots": []})
+            part["events"][index] = line
+            part["spots"].append((tp, record.offset))
+        rows = []
+        for seq in sorted(seq for seq, p in pending.items() if len(p["events"]) == p["count"]):
+            part = pending.pop(seq)
+            lines_of_batch = [part["events"][i] for i in range(part["count"])]
+            rows.append((seq, part["id"], batch_of_lines(lines_of_batch), len(lines_of_batch)))
+            written.add(seq)
+        while self._done + 1 in written:
+            self._done += 1
+            written.discard(self._done)
+        for tp in assigned:
+            if tp in positions:
                 spots = [o for p in pending.values() for (t, o) in p["spots"] if t == tp]
-                offsets[f"{tp.topic}|{tp.partition}"] = min(spots) if spots else consumer.position(tp)
-            if rows or records:
-                store.receive_many(self.link_name, rows, self.node,
-                                   (self.checkpoint, json.dumps({"offsets": offsets, "done": done})))
-                self.received += len(rows)
-                idle = 0
-            else:
-                idle += 1
-                if once and idle >= 5 and not pending:
-                    return
+                self._offsets[f"{tp.topic}|{tp.partition}"] = min(spots) if spots else positions[tp]
+        # the offsets move past what was polled, also when all of it had been stored before
+        store.receive_many(self.link_name, rows, self.node,
+                           (self.checkpoint, json.dumps({"offsets": self._offsets, "done": self._done})))
+        self.received += len(rows)
 
     def _assign(self, consumer, assigned: list, offsets: dict[str, int]) -> list:
         kafka = _kafka()
@@ -272,24 +338,3 @@ class KafkaReceiver:
             else:
                 consumer.seek(tp, offset)
         return wanted
-
-    def _collect(self, record, tp, pending: dict, done: int, written: set, reader: LinkReader) -> None:
-        headers = {k: v.decode() for k, v in (record.headers or [])}
-        try:
-            seq, index, count = (int(headers[h]) for h in ("tiersync-seq", "tiersync-index", "tiersync-count"))
-            batch_id = headers["tiersync-batch"]
-        except (KeyError, ValueError):
-            log.error("kafka link %s: %s offset %s has no tiersync batch headers; skipped (not from tiersync)",
-                      self.link_name, tp, record.offset)
-            return
-        if seq <= done or seq in written:
-            return  # a batch already stored: produced again after a sender crash
-        value = record.value
-        try:  # the inbox holds JSON envelopes: a JSON message is stored as it came (the inbox reader checks it)
-            line = reader.to_json(value) if value[:1] == b"\x00" else value
-        except (ValueError, KeyError, TypeError) as exc:
-            raise TerminalError(f"kafka link {self.link_name}: {tp.topic}[{tp.partition}] offset {record.offset} "
-                                f"cannot be read: {exc}") from None
-        part = pending.setdefault(seq, {"id": batch_id, "count": count, "events": {}, "spots": []})
-        part["events"][index] = line
-        part["spots"].append((tp, record.offset))

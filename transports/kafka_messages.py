@@ -1,14 +1,19 @@
-"""What a kafka link sends: outbox batches turned into Kafka messages, here or in a helper process.
+"""What a kafka link sends and receives: outbox batches turned into Kafka messages and messages back into
+JSON envelope lines, here or in a helper process.
 
 Turning a batch into messages (parse each JSON envelope, take its key, and for ``format: avro`` encode it with
 the topic's typed schema) costs about as much CPU as kafka-python's producer spends on sending it. Under one
-GIL the two add up; a :class:`MessageMaker` in a helper process (:class:`BackgroundMaker`) makes the next
+GIL the two add up; a :class:`MessageMaker` in a helper process (:func:`background_maker`) makes the next
 batches' messages while this process produces the current ones, so a busy link uses two cores. A small send
-(a few batches of a quiet link) is made here: starting a process would cost more than it saves.
+(a few batches of a quiet link; below the link's ``helper_from``) is made here: starting a process would cost
+more than it saves.
 
 Schemas a batch's messages need that were not registered before come back with them (``new_schemas``): the
 sender publishes them, and waits for the broker, before it produces a message that names them. A maker whose
 messages were not all sent (a failed send) is thrown away with its memory of what was published.
+
+The receiving end likewise reads a large poll's Avro messages in a helper (:func:`background_reader`) while it
+polls the next messages, and stores polls strictly in order.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -26,10 +32,7 @@ from engine.debezium import SchemaRegistry, envelope_key, parse_envelope
 from engine.errors import TransientError
 from engine.jsontext import dumps_exact
 
-from .kafka_avro import LinkTopicWriter
-
-# a send of at least this many changes is made in the helper process (started on the first such send)
-BACKGROUND_FROM = 5_000
+from .kafka_avro import LinkReader, LinkTopicWriter
 
 
 @dataclass
@@ -78,12 +81,31 @@ class MessageMaker:
         return out
 
 
-_MAKER: MessageMaker | None = None  # the helper process's own
+def envelope_lines(brokers: list[str]) -> Callable[[list[bytes]], list[bytes | str]]:
+    """The receiving end's conversion: message values → JSON envelope lines (Avro ones through the link's
+    registry on the ``_tiersync_schemas`` topic, JSON ones as they came), or for a value that cannot be
+    read, why (a str)."""
+    from .kafka import _schema_registry
+
+    reader = LinkReader(_schema_registry(brokers))
+
+    def convert(values: list[bytes]) -> list[bytes | str]:
+        out: list[bytes | str] = []
+        for value in values:
+            try:
+                out.append(reader.to_json(value) if value[:1] == b"\x00" else value)
+            except (ValueError, KeyError, TypeError) as exc:
+                out.append(str(exc) or type(exc).__name__)
+        return out
+    return convert
 
 
-def _start_maker(parent: int, node: str, link_name: str, fmt: str, keys: dict[str, list[str]]) -> None:
-    global _MAKER
-    _MAKER = MessageMaker(node, link_name, fmt, keys)
+_WORK: Callable | None = None  # the helper process's own piece of work
+
+
+def _start_helper(parent: int, make_work: Callable, args: tuple) -> None:
+    global _WORK
+    _WORK = make_work(*args)
 
     def end_with_the_parent() -> None:  # a node killed with -9 must not leave its helper behind
         while os.getppid() == parent:
@@ -92,34 +114,48 @@ def _start_maker(parent: int, node: str, link_name: str, fmt: str, keys: dict[st
     threading.Thread(target=end_with_the_parent, name="parent-watch", daemon=True).start()
 
 
-def _make(payload: bytes) -> BatchMessages:
-    return _MAKER.make(payload)
+def _do(item):
+    return _WORK(item)
 
 
-def _died(exc: Exception) -> TransientError:
-    return TransientError(f"the process making kafka messages died: {exc}")
+class Helper:
+    """One piece of work (``make_work(*args)``, a callable) in a helper process, spawned because the node runs
+    threads: items are done in the order they are submitted while the caller goes on with earlier results.
+    A helper that died raises TransientError; one whose state may be wrong is closed and replaced."""
 
-
-class BackgroundMaker:
-    """A :class:`MessageMaker` in a helper process (spawned: the node runs threads): batches are made in the
-    order they are submitted, while the caller sends the earlier ones."""
-
-    def __init__(self, node: str, link_name: str, fmt: str, keys: dict[str, list[str]]):
+    def __init__(self, what: str, make_work: Callable, *args):
+        self.what = what
         self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_start_maker, initargs=(os.getpid(), node, link_name, fmt, keys))
+                                         initializer=_start_helper, initargs=(os.getpid(), make_work, args))
 
-    def submit(self, payload: bytes) -> Future:
+    def submit(self, item) -> Future:
         try:
-            return self._pool.submit(_make, payload)
+            return self._pool.submit(_do, item)
         except BrokenProcessPool as exc:
-            raise _died(exc) from None
+            raise self._died(exc) from None
 
-    @staticmethod
-    def result(future: Future, timeout: float) -> BatchMessages:
+    def result(self, future: Future, timeout: float):
         try:
             return future.result(timeout)
         except BrokenProcessPool as exc:
-            raise _died(exc) from None
+            raise self._died(exc) from None
+
+    def _died(self, exc: Exception) -> TransientError:
+        return TransientError(f"the process {self.what} died: {exc}")
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def background_maker(node: str, link_name: str, fmt: str, keys: dict[str, list[str]]) -> Helper:
+    """:meth:`MessageMaker.make` in a helper process."""
+    return Helper("making kafka messages", _maker_work, node, link_name, fmt, keys)
+
+
+def _maker_work(node: str, link_name: str, fmt: str, keys: dict[str, list[str]]) -> Callable:
+    return MessageMaker(node, link_name, fmt, keys).make
+
+
+def background_reader(brokers: list[str]) -> Helper:
+    """:func:`envelope_lines` in a helper process."""
+    return Helper("reading kafka messages", envelope_lines, list(brokers))

@@ -20,9 +20,10 @@ CITY_DDL = ('CREATE TABLE qy (qyid INTEGER PRIMARY KEY, "企业名称" TEXT, zcz
             'clrq TEXT, op TEXT, change_seq INTEGER UNIQUE)')
 
 
-def nodes(tmp_path, broker, fmt: str, tag: str):
+def nodes(tmp_path, broker, fmt: str, tag: str, helper_from: int = 0):
     county_id, city_id = f"county-{tag}", f"city-{tag}"
-    link = {"transport": "kafka", "brokers": [broker.bootstrap], "format": fmt, "partitions": 3, "batch_size": 50}
+    link = {"transport": "kafka", "brokers": [broker.bootstrap], "format": fmt, "partitions": 3, "batch_size": 50,
+            "helper_from": helper_from}
     route = {"qy_jbxx": {"key": ["qyid"], "up": True}}
     county = node_file(
         tmp_path / "county.yaml", {"id": county_id, "tier": "county", "region": "110101", "parent": city_id},
@@ -70,10 +71,10 @@ def in_sync(tmp):
 
 @pytest.mark.parametrize("maker", ["here", "helper"])
 @pytest.mark.parametrize("fmt", ["json", "avro"])
-def test_debezium_envelopes_on_per_table_topics(tmp_path, kafka_broker, fmt, maker, monkeypatch):
-    if maker == "helper":  # every send's messages made in the helper process, as a busy link's are
-        monkeypatch.setattr("transports.kafka.BACKGROUND_FROM", 1)
-    county, city, county_id, city_id = nodes(tmp_path, kafka_broker, fmt, f"{fmt}{random.randrange(10**6)}")
+def test_debezium_envelopes_on_per_table_topics(tmp_path, kafka_broker, fmt, maker):
+    # with "helper", every send's messages are made and every poll's read in helper processes, as a busy link's
+    county, city, county_id, city_id = nodes(tmp_path, kafka_broker, fmt, f"{fmt}{random.randrange(10**6)}",
+                                             helper_from=1 if maker == "helper" else 0)
     with sqlite3.connect(tmp_path / "county.db") as conn:
         conn.executemany("INSERT INTO enterprise VALUES (?, ?, ?, ?)",
                          [(i, f"企业{i}", f"{i}.25", "2020-01-02") for i in range(1, 201)])
@@ -150,7 +151,8 @@ class Workload(threading.Thread):
 
 
 def test_kill_9_of_either_side_over_kafka_loses_and_doubles_nothing(tmp_path, kafka_broker):
-    county, city, _, _ = nodes(tmp_path, kafka_broker, "avro", f"k9{random.randrange(10**6)}")
+    # helper processes on both sides, killed with their nodes
+    county, city, _, _ = nodes(tmp_path, kafka_broker, "avro", f"k9{random.randrange(10**6)}", helper_from=1)
     workload = Workload(tmp_path / "county.db", 5)
     workload.start()
     try:
@@ -214,8 +216,8 @@ def test_a_lost_helper_or_a_failed_schema_publish_fails_the_send_and_the_next_se
     from transports.kafka import KafkaTransport, _schema_registry
     from transports.kafka_avro import LinkReader
 
-    monkeypatch.setattr("transports.kafka.BACKGROUND_FROM", 1)
-    county, _, county_id, city_id = nodes(tmp_path, kafka_broker, "avro", f"lost{random.randrange(10**6)}")
+    county, _, county_id, city_id = nodes(tmp_path, kafka_broker, "avro", f"lost{random.randrange(10**6)}",
+                                          helper_from=1)
     config = load_config(county)
 
     def batch(seq: int, columns: tuple[str, ...]) -> OutgoingBatch:

@@ -16,7 +16,7 @@ from engine.batchcodec import encode_batch
 from engine.debezium import SchemaRegistry
 from engine.event import ChangeEvent, Op, TableId
 from transports.kafka_avro import LinkReader
-from transports.kafka_messages import BackgroundMaker, MessageMaker
+from transports.kafka_messages import MessageMaker, background_maker
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,7 +32,7 @@ def events(first: int, count: int, **extra) -> list[ChangeEvent]:
 @pytest.mark.parametrize("fmt", ["json", "avro"])
 def test_the_helper_process_makes_the_same_messages_as_this_one(fmt):
     keys = {"qy_jbxx": ["qyid", "lx"]}  # qy_tzxx has no route: its key columns are numbered
-    here, helper = MessageMaker("county-1", "city-1", fmt, keys), BackgroundMaker("county-1", "city-1", fmt, keys)
+    here, helper = MessageMaker("county-1", "city-1", fmt, keys), background_maker("county-1", "city-1", fmt, keys)
     try:
         payloads = [encode_batch(events(1, 50)), encode_batch(events(51, 50, 联系电话="010"))]  # a new column
         made_here = [here.make(p) for p in payloads]
@@ -58,10 +58,10 @@ def test_the_helper_process_makes_the_same_messages_as_this_one(fmt):
 
 def test_the_helper_process_ends_when_its_node_is_killed(tmp_path):
     script = ("import sys, time, multiprocessing\n"
-              "from transports.kafka_messages import BackgroundMaker\n"
+              "from transports.kafka_messages import background_maker\n"
               "from engine.batchcodec import encode_batch\n"
               "if __name__ == '__main__':\n"
-              "    maker = BackgroundMaker('n', 'l', 'json', {})\n"
+              "    maker = background_maker('n', 'l', 'json', {})\n"
               "    maker.result(maker.submit(encode_batch([])), 60)\n"
               "    print(*[c.pid for c in multiprocessing.active_children()], flush=True)\n"
               "    time.sleep(600)\n")
