@@ -100,6 +100,19 @@ CITY_QY = "CREATE TABLE qy_jbxx (qyid INTEGER PRIMARY KEY, qymc TEXT, xzqh TEXT)
 UP_ROUTE = {"key": ["qyid"], "up": True}
 
 
+def county_sender(tmp_path, link: dict, **capture) -> Path:
+    """county-110101 sending its enterprise table (id, name) up to city-110100 as qy_jbxx (qyid, qymc) over
+    ``link`` (the parent link's settings), SQLite databases in ``tmp_path``; ``capture``: capture_out options."""
+    return node_file(
+        tmp_path / "county.yaml", {"id": "county-110101", "tier": "county", "region": "110101",
+                                   "parent": "city-110100"},
+        {"biz": sqlite_db(tmp_path / "county.db", "CREATE TABLE enterprise (id INTEGER PRIMARY KEY, name TEXT)"),
+         "x": f"sqlite:///{tmp_path}/county-x.db"},
+        {"database": "x", "poll_interval": 0.05, "tables": {"qy_jbxx": UP_ROUTE},
+         "links": {"city-110100": {"role": "parent", **link}}},
+        [capture_out("biz", "x", "enterprise", "qy_jbxx", {"id": "qyid", "name": "qymc"}, **capture)])
+
+
 def county_city(tmp_path, exchange_urls: tuple[str, str] | None = None, **exchange_extra):
     """county-110101 → city-110100 over exchange-db (10 changes per transport batch), SQLite business databases
     in ``tmp_path``, exchange databases there too unless ``exchange_urls`` (county's, city's) names others;

@@ -51,6 +51,16 @@ def spawn_engine(config_path: Path, *extra: str, log: Path | None = None) -> sub
                              *extra], cwd=ROOT, stdout=out, stderr=out)
 
 
+def wait_until(condition, log: Path, limit: float = 60.0, every: float = 0.1) -> None:
+    """Wait until ``condition()`` holds; fail with the engine's ``log`` after ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(every)
+    raise AssertionError(f"condition not met; engine log:\n{log.read_text() if log.exists() else ''}")
+
+
 def pg_rows(url: str, sql: str, params=None) -> list[tuple]:
     import psycopg
 

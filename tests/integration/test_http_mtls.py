@@ -27,7 +27,7 @@ from engine.errors import TerminalError, TransientError
 from engine.event import ChangeEvent, Op, TableId
 from engine.exchange import OutgoingBatch
 from engine.registry import connector_for
-from tests.exchange_nodes import capture_out, free_port, inbox_in, node_file, q, sqlite_db
+from tests.exchange_nodes import county_sender, free_port, inbox_in, node_file, q, sqlite_db
 from tests.helpers import cli, run_once
 from transports.http import HttpTransport, serve
 
@@ -81,15 +81,8 @@ def network(tmp_path):
     port = free_port()
     url = f"https://127.0.0.1:{port}"
     county_cert, county_key = ca.issue("county-110101")
-    county = node_file(
-        tmp_path / "county.yaml", {"id": "county-110101", "tier": "county", "region": "110101",
-                                   "parent": "city-110100"},
-        {"biz": sqlite_db(tmp_path / "county.db", "CREATE TABLE enterprise (id INTEGER PRIMARY KEY, name TEXT)"),
-         "x": f"sqlite:///{tmp_path}/county-x.db"},
-        {"database": "x", "poll_interval": 0.05, "tables": ROUTE,
-         "links": {"city-110100": {"role": "parent", "transport": "http", "url": url, "tls_ca": ca.ca_file,
-                                   "tls_cert": county_cert, "tls_key": county_key, "timeout": 5}}},
-        [capture_out("biz", "x", "enterprise", "qy_jbxx", {"id": "qyid", "name": "qymc"})])
+    county = county_sender(tmp_path, {"transport": "http", "url": url, "tls_ca": ca.ca_file, "tls_cert": county_cert,
+                                      "tls_key": county_key, "timeout": 5})
     city = node_file(
         tmp_path / "city.yaml", {"id": "city-110100", "tier": "city", "region": "110100"},
         {"biz": sqlite_db(tmp_path / "city.db", "CREATE TABLE qy_jbxx (qyid INTEGER PRIMARY KEY, qymc TEXT)"),

@@ -14,7 +14,7 @@ import pytest
 
 from engine.batchcodec import encode_batch
 from engine.event import ChangeEvent, Op, TableId
-from tests.exchange_nodes import capture_out, free_port, inbox_in, kill_9_both_sides, node_file, q, sqlite_db
+from tests.exchange_nodes import county_sender, free_port, inbox_in, kill_9_both_sides, node_file, q, sqlite_db
 from tests.helpers import cli, spawn_engine
 from transports.http import BATCH_PATH, HEADERS, signature
 
@@ -26,15 +26,8 @@ def county_city(tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     route = {"qy_jbxx": {"key": ["qyid"], "up": True}}
-    county = node_file(
-        tmp_path / "county.yaml", {"id": "county-110101", "tier": "county", "region": "110101",
-                                   "parent": "city-110100"},
-        {"biz": sqlite_db(tmp_path / "county.db", "CREATE TABLE enterprise (id INTEGER PRIMARY KEY, name TEXT)"),
-         "x": f"sqlite:///{tmp_path}/county-x.db"},
-        {"database": "x", "poll_interval": 0.05, "tables": route,
-         "links": {"city-110100": {"role": "parent", "transport": "http", "url": url, "key": KEY, "batch_size": 25,
-                                   "timeout": 5}}},
-        [capture_out("biz", "x", "enterprise", "qy_jbxx", {"id": "qyid", "name": "qymc"}, batch_size=70)])
+    county = county_sender(tmp_path, {"transport": "http", "url": url, "key": KEY, "batch_size": 25, "timeout": 5},
+                           batch_size=70)
     city = node_file(
         tmp_path / "city.yaml", {"id": "city-110100", "tier": "city", "region": "110100"},
         {"biz": sqlite_db(tmp_path / "city.db", "CREATE TABLE qy_jbxx (qyid INTEGER PRIMARY KEY, qymc TEXT)",

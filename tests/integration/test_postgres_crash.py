@@ -142,16 +142,20 @@ class Workload(threading.Thread):
                 time.sleep(0.2)  # the source is restarting
 
 
-def test_kill_9_and_database_restarts_lose_and_double_nothing(two_pipelines, pg_server, tmp_path):
-    config, source, target = two_pipelines
-    workload = Workload(source, seed=20261121)
+def kill_9_under_load(workload: Workload, config, log, restart, **rounds) -> None:
+    """:func:`kill_9_rounds` while ``workload`` writes to the source."""
     workload.start()
     try:
-        kill_9_rounds(config, tmp_path / "engine.log", pg_server.restart)
+        kill_9_rounds(config, log, restart, **rounds)
     finally:
         workload.stop.set()
         workload.join(10)
     assert workload.transactions > 50
+
+
+def test_kill_9_and_database_restarts_lose_and_double_nothing(two_pipelines, pg_server, tmp_path):
+    config, source, target = two_pipelines
+    kill_9_under_load(Workload(source, seed=20261121), config, tmp_path / "engine.log", pg_server.restart)
     run_once(config)
     assert_in_sync(source, target)
 
@@ -179,14 +183,7 @@ def test_kill_9_with_conflict_reject_finds_no_false_conflicts(tmp_path, pg_datab
                         mirror_and_history([{"source": "item", "conflict": "reject"}]))
     install_triggers(config, "mirror", "history")
     pg_exec(source, *AUDIT_DDL)
-    workload = Workload(source, seed=20261122)
-    workload.start()
-    try:
-        kill_9_rounds(config, tmp_path / "engine.log", lambda: None, rounds=6)
-    finally:
-        workload.stop.set()
-        workload.join(10)
-    assert workload.transactions > 50
+    kill_9_under_load(Workload(source, seed=20261122), config, tmp_path / "engine.log", lambda: None, rounds=6)
     run_once(config)
     assert_in_sync(source, target)
     assert pg_rows(target, "SELECT error FROM tiersync.tiersync_dead_letter") == []

@@ -9,7 +9,7 @@ import time
 
 import yaml
 
-from tests.helpers import cli, spawn_engine, write_node
+from tests.helpers import cli, spawn_engine, wait_until, write_node
 
 
 def _exec(path, *statements):
@@ -23,23 +23,16 @@ def _rows(path, sql):
         return conn.execute(sql).fetchall()
 
 
-def _wait(condition, log, limit=60.0):
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"condition not met; engine log:\n{log.read_text() if log.exists() else ''}")
-
-
-def _id_only_node(tmp_path):
-    """Two SQLite databases with a one-column table ``t``, pipeline ``p`` between them, triggers installed."""
+def _node(tmp_path, source_columns="id INTEGER PRIMARY KEY", target_columns="id INTEGER PRIMARY KEY",
+          mappings=None):
+    """Two SQLite databases with a table ``t``, pipeline ``p`` between them (with ``mappings``), triggers
+    installed."""
     source, target = tmp_path / "s.db", tmp_path / "t.db"
-    _exec(source, "CREATE TABLE t (id INTEGER PRIMARY KEY)")
-    _exec(target, "CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    _exec(source, f"CREATE TABLE t ({source_columns})")
+    _exec(target, f"CREATE TABLE t ({target_columns})")
     config = write_node(tmp_path / "node.yaml", {"s": f"sqlite:///{source}", "t": f"sqlite:///{target}"}, [{
         "name": "p", "source": {"database": "s", "tables": ["t"]}, "target": {"database": "t"},
-        "poll_interval": 0.2}])
+        "poll_interval": 0.2, **({"mappings": mappings} if mappings else {})}])
     cli("triggers", "install", "--config", str(config), "--pipeline", "p")
     return source, target, config
 
@@ -51,13 +44,9 @@ def _set_rules(config, **mapping):
 
 
 def test_reload_command_makes_the_running_node_take_new_rules(tmp_path):
-    source, target = tmp_path / "s.db", tmp_path / "t.db"
-    _exec(source, "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT)")
-    _exec(target, "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, tag TEXT)")
-    config = write_node(tmp_path / "node.yaml", {"s": f"sqlite:///{source}", "t": f"sqlite:///{target}"}, [{
-        "name": "p", "source": {"database": "s", "tables": ["t"]}, "target": {"database": "t"},
-        "poll_interval": 0.2, "mappings": [{"source": "t", "constants": {"tag": "v1"}}]}])
-    cli("triggers", "install", "--config", str(config), "--pipeline", "p")
+    source, target, config = _node(tmp_path, "id INTEGER PRIMARY KEY, name TEXT",
+                                   "id INTEGER PRIMARY KEY, name TEXT, tag TEXT",
+                                   [{"source": "t", "constants": {"tag": "v1"}}])
 
     out = cli("reload", "--config", str(config), expect=1).output
     assert "no running node county-110101 found" in out and "tiersync run --config" in out
@@ -66,7 +55,7 @@ def test_reload_command_makes_the_running_node_take_new_rules(tmp_path):
     engine = spawn_engine(config, log=log)
     try:
         _exec(source, "INSERT INTO t VALUES (1, 'one')")
-        _wait(lambda: _rows(target, "SELECT tag FROM t") == [("v1",)], log)
+        wait_until(lambda: _rows(target, "SELECT tag FROM t") == [("v1",)], log)
 
         _set_rules(config, constants={"tag": "v2"})
         out = cli("reload", "--config", str(config), "--timeout", "60").output
@@ -75,14 +64,14 @@ def test_reload_command_makes_the_running_node_take_new_rules(tmp_path):
         assert "t: mapping rules changed; existing target rows were written with the old rules and need a " \
                "re-load (tiersync snapshot --pipeline p --table t)" in out
         _exec(source, "INSERT INTO t VALUES (2, 'two')")
-        _wait(lambda: _rows(target, "SELECT id, tag FROM t ORDER BY id") == [(1, "v1"), (2, "v2")], log)
+        wait_until(lambda: _rows(target, "SELECT id, tag FROM t ORDER BY id") == [(1, "v1"), (2, "v2")], log)
         assert "asked by " in log.read_text()  # who asked, and when, is in the node's log
 
         _set_rules(config, columns={"no_such_column": "x"})  # valid YAML, wrong against the live source table
         out = cli("reload", "--config", str(config), "--timeout", "60", expect=1).output
         assert "pipeline p: rules NOT reloaded" in out and "no_such_column" in out
         _exec(source, "INSERT INTO t VALUES (3, 'three')")
-        _wait(lambda: _rows(target, "SELECT id, tag FROM t WHERE id = 3") == [(3, "v2")], log)  # old rules stay
+        wait_until(lambda: _rows(target, "SELECT id, tag FROM t WHERE id = 3") == [(3, "v2")], log)  # old rules stay
     finally:
         engine.send_signal(signal.SIGTERM)
         engine.wait(timeout=60)
@@ -102,7 +91,7 @@ def test_reload_ignores_a_pid_file_left_by_a_killed_node(tmp_path):
     log = tmp_path / "engine.log"
     engine = spawn_engine(config, log=log)
     try:
-        _wait(lambda: list((tmp_path / ".tiersync").glob("county-110101-*.json")), log)
+        wait_until(lambda: list((tmp_path / ".tiersync").glob("county-110101-*.json")), log)
     finally:
         engine.kill()  # kill -9: no clean-up
         engine.wait(timeout=60)
@@ -118,12 +107,12 @@ def test_reloads_asked_at_the_same_moment_are_each_answered(tmp_path):
     from engine.config import load_config
     from engine.control import ask_reload, running_processes, wait_for_answer
 
-    source, target, config = _id_only_node(tmp_path)
+    source, target, config = _node(tmp_path)
     log = tmp_path / "engine.log"
     engine = spawn_engine(config, log=log)
     try:
         _exec(source, "INSERT INTO t VALUES (1)")
-        _wait(lambda: _rows(target, "SELECT id FROM t") == [(1,)], log)
+        wait_until(lambda: _rows(target, "SELECT id FROM t") == [(1,)], log)
         [process] = running_processes(load_config(config))
         engine.send_signal(signal.SIGSTOP)  # both requests land before the node runs again: one pending SIGHUP
         try:
@@ -162,13 +151,13 @@ def test_a_node_that_cannot_take_sighup_is_not_offered_to_reload(tmp_path):
 
     from tests.helpers import ROOT
 
-    source, target, config = _id_only_node(tmp_path)
+    source, target, config = _node(tmp_path)
     log = tmp_path / "embedded.log"
     with open(log, "wb") as out:
         embedded = subprocess.Popen([sys.executable, "-c", EMBEDDED, str(config)], cwd=ROOT, stdout=out, stderr=out)
     try:
         _exec(source, "INSERT INTO t VALUES (1)")
-        _wait(lambda: _rows(target, "SELECT id FROM t") == [(1,)], log)  # running
+        wait_until(lambda: _rows(target, "SELECT id FROM t") == [(1,)], log)  # running
         out = cli("reload", "--config", str(config), "--timeout", "5", expect=None).output
         time.sleep(0.5)
         assert embedded.poll() is None, f"the process ended ({embedded.returncode}) after: {out}"

@@ -5,14 +5,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import signal
-import time
 from decimal import Decimal
 
 import pytest
 import yaml
 
 from engine.functions import surrogate_key
-from tests.helpers import cli, pg_exec, pg_rows, run_once, spawn_engine, write_node
+from tests.helpers import cli, pg_exec, pg_rows, run_once, spawn_engine, wait_until, write_node
 
 pytestmark = pytest.mark.postgres
 
@@ -179,14 +178,14 @@ def test_reload_on_sighup_at_a_batch_boundary(node, tmp_path):
     engine = spawn_engine(config, log=log)
     try:
         pg_exec(county, "INSERT INTO enterprise (id, name, status) VALUES (1, 'one', '1')")
-        _wait(lambda: pg_rows(city, "SELECT sjly FROM exchange.qy_jbxx WHERE qyid = 1") == [("v1",)], log)
+        wait_until(lambda: pg_rows(city, "SELECT sjly FROM exchange.qy_jbxx WHERE qyid = 1") == [("v1",)], log, 90)
         doc = yaml.safe_load(config.read_text(encoding="utf-8"))
         doc["pipelines"][0]["mappings"][0]["constants"]["sjly"] = "v2"
         config.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8")
         engine.send_signal(signal.SIGHUP)
-        _wait(lambda: "rules reloaded" in log.read_text(), log)
+        wait_until(lambda: "rules reloaded" in log.read_text(), log, 90)
         pg_exec(county, "INSERT INTO enterprise (id, name, status) VALUES (2, 'two', '1')")
-        _wait(lambda: pg_rows(city, "SELECT count(*) FROM exchange.qy_jbxx") == [(2,)], log)
+        wait_until(lambda: pg_rows(city, "SELECT count(*) FROM exchange.qy_jbxx") == [(2,)], log, 90)
     finally:
         engine.send_signal(signal.SIGTERM)
         engine.wait(timeout=60)
@@ -194,15 +193,6 @@ def test_reload_on_sighup_at_a_batch_boundary(node, tmp_path):
     text = log.read_text()
     assert "public.enterprise: mapping rules changed; existing target rows were written with the old rules and " \
            "need a re-load" in text
-
-
-def _wait(condition, log, limit=90.0):
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"condition not met; engine log:\n{log.read_text() if log.exists() else ''}")
 
 
 def test_conflict_newer_wins_keeps_a_target_row_changed_later(tmp_path, pg_databases):
