@@ -213,10 +213,11 @@ def write_atomically(path: Path, data: bytes) -> None:
         out.flush()
         os.fsync(out.fileno())
     os.replace(part, path)
-    _sync_dir(path.parent)
+    sync_dir(path.parent)
 
 
-def _sync_dir(directory: Path) -> None:
+def sync_dir(directory: Path) -> None:
+    """Make the names in ``directory`` (a rename into it) durable."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

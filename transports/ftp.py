@@ -9,8 +9,8 @@ YAML) and moves files between the spool and the server:
   server, and removes the local copy once the rename succeeded; a file left
   over by a crash is sent again (the receiver skips what it has).
 * :meth:`FtpPlace.download` fetches the server's finished files (never
-  ``.part``) into the spool (``.part``, flushed, renamed) and deletes each from
-  the server only after that, so a crash at any point loses nothing; the
+  ``.part``) into the spool (``.part``, flushed, renamed, the directory
+  flushed) and deletes each from the server only after that, so a crash at any point loses nothing; the
   directory watcher then imports from the spool as from any directory.
 
 Uses Python's ftplib; ``ftps://`` uses FTP over TLS (``FTP_TLS``, protected data channel).
@@ -24,6 +24,7 @@ import threading
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from engine.bundle import sync_dir
 from engine.errors import TerminalError, TransientError
 
 _ORDER = {"volume": 0, "manifest": 1, "receipt": 2}
@@ -114,6 +115,7 @@ class FtpPlace:
                     out.flush()
                     os.fsync(out.fileno())
                 part.replace(spool / name)
+                sync_dir(spool)  # the rename survives a power loss before the server's copy is gone
                 ftp.delete(name)
             return len(names)
         except (OSError, EOFError, ftplib.Error) as exc:
