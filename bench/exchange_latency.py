@@ -50,6 +50,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+POLL = 0.02  # seconds between polls of an idle pipeline, link or relay (each node, each hop)
+
+
 def chain(server: PostgresServer, work: Path, tiers: list[tuple[str, str]], transports: list[str]) -> list[Path]:
     """Node files for a chain (id, tier) linked upward by ``transports``; returns them county first."""
     tag = f"{os.getpid()}_{len(tiers)}"
@@ -71,12 +74,12 @@ def chain(server: PostgresServer, work: Path, tiers: list[tuple[str, str]], tran
             child = {"role": "child", "region": f"11010{i - 1}", "transport": transports[i - 1]}
             child.update({"key": "bench-key"} if transports[i - 1] == "http" else {"inbox": xdb[i - 1]})
             links[tiers[i - 1][0]] = child
-        exchange = {"database": "x", "poll_interval": 0.02, "tables": ROUTE, "links": links}
+        exchange = {"database": "x", "poll_interval": POLL, "tables": ROUTE, "links": links}
         if i > 0 and transports[i - 1] == "http":
             exchange["listen"] = f"127.0.0.1:{ports[i]}"
-        pipelines = [inbox_in("x", "biz", "ev", "ev", name=f"ev-in-{i}", poll_interval=0.02)] if i > 0 else [
+        pipelines = [inbox_in("x", "biz", "ev", "ev", name=f"ev-in-{i}", poll_interval=POLL)] if i > 0 else [
             {"name": "ev-out", "source": {"database": "biz", "tables": ["ev"]}, "target": {"database": "x",
-             "outbox": True}, "poll_interval": 0.02}]
+             "outbox": True}, "poll_interval": POLL}]
         node = {"id": node, "tier": tier, "region": f"11010{i}"}
         if i + 1 < len(tiers):
             node["parent"] = tiers[i + 1][0]
