@@ -48,6 +48,9 @@ class TableId(NamedTuple):
 Row = dict[str, Any]
 
 
+_SAME: Any = object()  # ChangeEvent.evolve: the field keeps its value
+
+
 @dataclass(slots=True)
 class ChangeEvent:
     """One captured row change.
@@ -78,3 +81,14 @@ class ChangeEvent:
     def row(self) -> Row | None:
         """The image that describes the row's state after the change (before image for deletes)."""
         return self.before if self.op is Op.DELETE else self.after
+
+    def evolve(self, *, op=_SAME, table=_SAME, key=_SAME, before=_SAME, after=_SAME, path=_SAME,
+               meta=_SAME) -> ChangeEvent:
+        """A copy with the fields given changed: :func:`dataclasses.replace` at a third of its cost, for the
+        places that copy every change they relay. Every field is passed on (tests/unit/test_event.py)."""
+        return ChangeEvent(self.op if op is _SAME else op, self.table if table is _SAME else table,
+                           self.key if key is _SAME else key, self.before if before is _SAME else before,
+                           self.after if after is _SAME else after, self.seq, self.txid, self.origin,
+                           self.path if path is _SAME else path, self.origin_tier, self.captured_at,
+                           self.source_node, self.source_database, self.snapshot,
+                           self.meta if meta is _SAME else meta)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -424,8 +424,8 @@ class OutboxSink:
             else:
                 before = dict(zip(change.key_columns, change.key))
         path = event.path if event.path[-1:] == (self.node,) else event.path + (self.node,)
-        return replace(event, op=op, table=TableId(None, change.table.name), key=tuple(change.key),
-                       before=before, after=after, path=path, meta=dict(event.meta))
+        return event.evolve(op=op, table=TableId(None, change.table.name), key=tuple(change.key), before=before,
+                            after=after, path=path, meta=dict(event.meta))
 
     def apply(self, batch: Batch) -> ApplyResult:
         per_link: dict[str, list[ChangeEvent]] = {}
@@ -520,7 +520,7 @@ class InboxReader(Reader):
                         elif event.origin != origin:  # one origin per target transaction
                             full = True
                             break
-                        events.append(replace(event, table=table, meta={**event.meta, "batch": batch_id}))
+                        events.append(event.evolve(table=table, meta={**event.meta, "batch": batch_id}))
                     offset += 1
                     moved = True
                 if offset < len(batch):
