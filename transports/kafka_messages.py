@@ -139,6 +139,8 @@ class Helper:
             return future.result(timeout)
         except BrokenProcessPool as exc:
             raise self._died(exc) from None
+        except TimeoutError:  # concurrent.futures' too, since Python 3.11
+            raise TransientError(f"the process {self.what} did not answer within {timeout:g} s") from None
 
     def _died(self, exc: Exception) -> TransientError:
         return TransientError(f"the process {self.what} died: {exc}")

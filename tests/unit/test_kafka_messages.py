@@ -78,3 +78,19 @@ def test_the_helper_process_ends_when_its_node_is_killed(tmp_path):
     if alive:
         os.kill(helper, signal.SIGKILL)
     assert not alive, "the helper process outlived its node"
+
+
+def _sleeper(seconds: float):
+    return lambda item: time.sleep(seconds)
+
+
+def test_a_helper_that_does_not_answer_in_time_fails_with_a_transient_error():
+    from engine.errors import TransientError
+    from transports.kafka_messages import Helper
+
+    helper = Helper("sleeping", _sleeper, 3)
+    try:
+        with pytest.raises(TransientError, match="the process sleeping did not answer within 0.5 s"):
+            helper.result(helper.submit(None), 0.5)
+    finally:
+        helper.close()
