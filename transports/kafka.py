@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
@@ -28,13 +29,12 @@ from engine.errors import TerminalError, TransientError
 from engine.exchange import OutgoingBatch, TraceRow
 from engine.transport import Transport, retry_delay
 
+from .kafka_avro import LinkReader
 from .kafka_messages import (
     BatchMessages,
     Helper,
     MessageMaker,
     background_maker,
-    background_reader,
-    envelope_lines,
 )
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,23 @@ def _schema_registry(brokers: list[str]) -> SchemaRegistry:
             consumer.close()
 
     return SchemaRegistry(None, fetch)
+
+
+def envelope_lines(brokers: list[str]) -> Callable[[list[bytes]], list[bytes | str]]:
+    """The receiving end's conversion: message values → JSON envelope lines (Avro ones through the link's
+    registry on the ``_tiersync_schemas`` topic, JSON ones as they came), or for a value that cannot be
+    read, why (a str). Runs here, or in the receiver's :class:`Helper` for a large poll."""
+    reader = LinkReader(_schema_registry(brokers))
+
+    def convert(values: list[bytes]) -> list[bytes | str]:
+        out: list[bytes | str] = []
+        for value in values:
+            try:
+                out.append(reader.to_json(value) if value[:1] == b"\x00" else value)
+            except (ValueError, KeyError, TypeError) as exc:
+                out.append(str(exc) or type(exc).__name__)
+        return out
+    return convert
 
 
 class KafkaTransport(Transport):
@@ -105,9 +122,6 @@ class KafkaTransport(Transport):
         except kafka.errors.TopicAlreadyExistsError:
             pass
         self._topics.add(topic)
-
-    def topic(self, table: str) -> str:
-        return f"{self.node}.{self.link_name}.{table}"
 
     def send(self, batch: OutgoingBatch) -> bool:
         return self.send_all([batch])[0]
@@ -184,6 +198,7 @@ class KafkaReceiver:
         self.prefix = f"{link_name}.{self.node}."
         self.checkpoint = f"kafka:{link_name}"
         self.received = 0
+        self._helper: Helper | None = None  # reads large polls while the next one is polled
 
     def run(self, once: bool = False) -> None:
         from engine.network import exchange_store
@@ -265,8 +280,6 @@ class KafkaReceiver:
                 self._helper.close()
                 self._helper = None
 
-    _helper: Helper | None = None
-
     def _stage(self, records: dict, convert) -> tuple[list, Any]:
         """The records of a poll that belong to batches not stored yet, with their headers, and their values as
         JSON envelope lines (or a helper's future of them)."""
@@ -279,7 +292,7 @@ class KafkaReceiver:
         values = [record.value for _, record, _ in taken]
         if 0 < self.link.helper_from <= sum(1 for v in values if v[:1] == b"\x00"):
             if self._helper is None:
-                self._helper = background_reader(self.link.brokers)
+                self._helper = Helper("reading kafka messages", envelope_lines, list(self.link.brokers))
             return taken, self._helper.submit(values)
         return taken, convert(values)
 

@@ -12,8 +12,8 @@ Schemas a batch's messages need that were not registered before come back with t
 sender publishes them, and waits for the broker, before it produces a message that names them. A maker whose
 messages were not all sent (a failed send) is thrown away with its memory of what was published.
 
-The receiving end likewise reads a large poll's Avro messages in a helper (:func:`background_reader`) while it
-polls the next messages, and stores polls strictly in order.
+The receiving end (transports/kafka.py) likewise reads a large poll's Avro messages in a :class:`Helper` while
+it polls the next messages, and stores polls strictly in order.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from engine.debezium import SchemaRegistry, envelope_key, parse_envelope
 from engine.errors import TransientError
 from engine.jsontext import dumps_exact
 
-from .kafka_avro import LinkReader, LinkTopicWriter
+from .kafka_avro import LinkTopicWriter
 
 
 @dataclass
@@ -79,25 +79,6 @@ class MessageMaker:
             values.append(value)
         out.new_schemas, self._unpublished = self._unpublished, []
         return out
-
-
-def envelope_lines(brokers: list[str]) -> Callable[[list[bytes]], list[bytes | str]]:
-    """The receiving end's conversion: message values → JSON envelope lines (Avro ones through the link's
-    registry on the ``_tiersync_schemas`` topic, JSON ones as they came), or for a value that cannot be
-    read, why (a str)."""
-    from .kafka import _schema_registry
-
-    reader = LinkReader(_schema_registry(brokers))
-
-    def convert(values: list[bytes]) -> list[bytes | str]:
-        out: list[bytes | str] = []
-        for value in values:
-            try:
-                out.append(reader.to_json(value) if value[:1] == b"\x00" else value)
-            except (ValueError, KeyError, TypeError) as exc:
-                out.append(str(exc) or type(exc).__name__)
-        return out
-    return convert
 
 
 _WORK: Callable | None = None  # the helper process's own piece of work
@@ -156,8 +137,3 @@ def background_maker(node: str, link_name: str, fmt: str, keys: dict[str, list[s
 
 def _maker_work(node: str, link_name: str, fmt: str, keys: dict[str, list[str]]) -> Callable:
     return MessageMaker(node, link_name, fmt, keys).make
-
-
-def background_reader(brokers: list[str]) -> Helper:
-    """:func:`envelope_lines` in a helper process."""
-    return Helper("reading kafka messages", envelope_lines, list(brokers))
