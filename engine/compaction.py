@@ -19,6 +19,12 @@ from .mapping import TargetChange
 
 def compact(changes: list[TargetChange]) -> list[TargetChange]:
     """The net change per (table, key), in the order each key last changed; appends kept as they are."""
+    if len({(c.table, c.key) for c in changes if c.kind == "upsert" or c.kind == "delete"}) == len(changes):
+        return list(changes)  # every change is to a key of its own: nothing to merge (a bulk load, most batches)
+    return _merge(changes)
+
+
+def _merge(changes: list[TargetChange]) -> list[TargetChange]:
     net: dict[tuple, TargetChange] = {}
     born: set[tuple] = set()  # keys whose first change in this batch inserted them
     appends: list[TargetChange] = []

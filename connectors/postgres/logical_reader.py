@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 _OID = Struct("!I").unpack_from
 
 POLL_SECONDS = 0.5
+QUIET_SECONDS = 0.05  # a read that received nothing for this long asks the server for a keepalive
 CATCH_UP_WAIT = 5.0  # longest one read waits for WAL older than the reader (then reports it is not caught up)
 
 
@@ -137,6 +138,7 @@ class PostgresLogicalReader(Reader):
             events, self.position = carried.events, carried.position
         deadline = time.monotonic() + POLL_SECONDS
         catch_up_deadline = time.monotonic() + CATCH_UP_WAIT
+        asked = False  # whether this read asked the server for a keepalive (see QUIET_SECONDS)
         while True:
             txn = self.txn
             if txn is not None and len(txn.events) > max_events:  # a transaction larger than a batch
@@ -148,13 +150,18 @@ class PostgresLogicalReader(Reader):
                 payload = self._pending.pop()
             else:
                 # between transactions a keepalive ends the wait too: the server has sent all it has for now
-                payload = self.stream.read_payload(POLL_SECONDS if waiting_for_commit
-                                                   else max(deadline - time.monotonic(), 0),
-                                                   until_keepalive=not waiting_for_commit)
+                wait = POLL_SECONDS if waiting_for_commit else max(deadline - time.monotonic(), 0)
+                if not (waiting_for_commit or events or asked):
+                    wait = min(wait, QUIET_SECONDS)
+                payload = self.stream.read_payload(wait, until_keepalive=not waiting_for_commit)
             if payload is None:
                 if waiting_for_commit:  # the transaction is still arriving: let the target start on it
                     if txn.events:
                         return self._hand_over_part(events, txn)
+                    continue
+                if not (events or asked):  # quiet so far: the server's answer ends the wait once it has sent
+                    asked = True  # what it holds (an empty batch then, not a whole poll's wait)
+                    self.stream.send_feedback(self.stream.confirmed_lsn, reply_now=True)
                     continue
                 if not events and not self._caught_up():
                     now = time.monotonic()
@@ -167,7 +174,7 @@ class PostgresLogicalReader(Reader):
                 if not events and not self._end_lsns:
                     self._confirm_idle()
                 return ReadBatch(events, self.position.serialise())
-            if (payload[0] == 73 or payload[0] == 85) and self._encode and self._encoded_change(payload):
+            if (payload[0] == 73 or payload[0] == 85) and self._encode and self._encoded_changes([payload]):
                 # an insert or update of a table whose rows travel encoded ('I', 'U'): take the ones already
                 # received in one go, up to where this batch ends (the checks above)
                 room = (max_events + 1 - len(txn.events)) if not events else max_events - len(events) - len(txn.events)
@@ -255,50 +262,61 @@ class PostgresLogicalReader(Reader):
         """Encoded changes among up to ``limit`` messages already received; the first other message and the
         rest wait in ``_pending`` for the main loop."""
         received = self.stream.read_buffered(limit)
-        handle = self._encoded_change
-        for i, payload in enumerate(received):
-            if not ((payload[0] == 73 or payload[0] == 85) and handle(payload)):
-                rest = received[i:]
-                rest.reverse()  # popped from the end
-                self._pending = rest
-                return
+        rest = received[self._encoded_changes(received):]
+        rest.reverse()  # popped from the end
+        self._pending = rest
 
-    def _encoded_change(self, payload: bytes) -> bool:
-        """An Insert or Update whose new image travels as a COPY line; False: decode it the usual way."""
+    def _encoded_changes(self, payloads: list[bytes]) -> int:
+        """Take the Inserts and Updates at the front of ``payloads`` whose new images travel as COPY lines;
+        returns how many were taken (the first other message is decoded the usual way).
+
+        This runs for nearly every change of a busy PostgreSQL → PostgreSQL pipeline: what stays the same for
+        the whole run (the transaction, the relation) is looked up once, not per message."""
         txn = self.txn
         if txn is None or txn.skip_all or self.decoder.in_stream:
-            return False
-        plan = self.relations.get(_OID(payload, 1)[0])
-        if plan is None or plan.encoding is None:
-            return False
-        before = None
-        if payload[0] == 73:  # Insert: 'N' and the new tuple
-            if payload[5] != 78:
-                return False
-            line, values = tuple_line(payload, 6)
-        else:  # Update: an optional 'K'/'O' old tuple, then 'N' and the new tuple
-            pos = 5
-            if payload[pos] in (75, 79):
-                old, pos = decode_tuple(payload, pos + 1)
-                before = self._row(plan, old, key_only=payload[5] == 75)
-            if payload[pos] != 78:
-                return False
-            line, values = tuple_line(payload, pos + 1)
-        if line is None:  # an unchanged TOASTed value: the image is partial, a dict leaves that column alone
-            return False
-        readers = plan.key_readers
-        if len(readers) == 1:  # the common case, without a comprehension's frame
-            i, read = readers[0]
-            raw = values[i]
-            key = (None if raw is None else read(raw),)
-        else:
-            key = tuple([None if values[i] is None else read(values[i]) for i, read in readers])
-        seq = txn.seq = txn.seq + 1
-        if seq > txn.skip_first:  # as _add, positionally: this runs for every change
-            txn.events.append(ChangeEvent(CREATE if payload[0] == 73 else UPDATE, plan.table, key, before,
-                                          EncodedRow(line, plan.encoding), seq, txn.xid, txn.origin or self.node_id,
-                                          (), txn.commit_ts, self.node_id, self.database))
-        return True
+            return 0
+        append, relations = txn.events.append, self.relations
+        xid, origin, at, node, database = txn.xid, txn.origin or self.node_id, txn.commit_ts, self.node_id, self.database
+        seq, skip_first = txn.seq, txn.skip_first
+        relation, plan = None, None
+        taken = 0
+        for payload in payloads:
+            kind = payload[0]
+            if kind != 73 and kind != 85:
+                break
+            if payload[1:5] != relation:
+                relation, plan = payload[1:5], relations.get(_OID(payload, 1)[0])
+            if plan is None or plan.encoding is None:
+                break
+            before = None
+            if kind == 73:  # Insert: 'N' and the new tuple
+                if payload[5] != 78:
+                    break
+                line, values = tuple_line(payload, 6)
+            else:  # Update: an optional 'K'/'O' old tuple, then 'N' and the new tuple
+                pos = 5
+                if payload[pos] == 75 or payload[pos] == 79:
+                    old, pos = decode_tuple(payload, pos + 1)
+                    before = self._row(plan, old, key_only=payload[5] == 75)
+                if payload[pos] != 78:
+                    break
+                line, values = tuple_line(payload, pos + 1)
+            if line is None:  # an unchanged TOASTed value: the image is partial, a dict leaves that column alone
+                break
+            readers = plan.key_readers
+            if len(readers) == 1:  # the common case, without a comprehension's frame
+                i, read = readers[0]
+                raw = values[i]
+                key = (None if raw is None else read(raw),)
+            else:
+                key = tuple([None if values[i] is None else read(values[i]) for i, read in readers])
+            seq += 1
+            taken += 1
+            if seq > skip_first:  # as _add, positionally
+                append(ChangeEvent(CREATE if kind == 73 else UPDATE, plan.table, key, before,
+                                   EncodedRow(line, plan.encoding), seq, xid, origin, (), "", at, node, database))
+        txn.seq = seq
+        return taken
 
     def _row(self, plan: _RelationPlan, values, key_only: bool = False) -> dict:
         row = {}

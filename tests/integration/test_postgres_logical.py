@@ -280,6 +280,10 @@ def test_rows_travel_as_copy_lines_exactly_with_hostile_values_renames_and_toast
     events = read_one_batch(config)
     assert {type(e.after) for e in events if str(e.table) == "public.odd"} == {EncodedRow}
     assert {type(e.after) for e in events if str(e.table) == "public.retyped"} == {dict}
+    # both paths describe the change alike: who captured it, where and when
+    meta = {(e.origin, e.origin_tier, type(e.captured_at).__name__, e.source_node, e.source_database, e.txid > 0)
+            for e in events}
+    assert meta == {("county-110101", "", "datetime", "county-110101", source.rsplit("/", 1)[1], True)}
     big = "长文本" * 100_000  # TOASTed: later updates send it as 'unchanged', which must not become NULL
     pg_exec(source, f"UPDATE odd SET doc = '{big}' WHERE id = 3",
             "UPDATE odd SET t = t || ' again', n = n + 1 WHERE id % 2 = 1",  # id 3: its doc is unchanged TOAST
