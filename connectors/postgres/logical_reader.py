@@ -161,7 +161,7 @@ class PostgresLogicalReader(Reader):
                     continue
                 if not (events or asked):  # quiet so far: the server's answer ends the wait once it has sent
                     asked = True  # what it holds (an empty batch then, not a whole poll's wait)
-                    self.stream.send_feedback(self.stream.confirmed_lsn, reply_now=True)
+                    self.stream.send_feedback(self._confirm, reply_now=True)  # (with what the target committed)
                     continue
                 if not events and not self._caught_up():
                     now = time.monotonic()
@@ -392,6 +392,11 @@ class PostgresLogicalReader(Reader):
                     self._confirm = max(self._confirm, self._end_lsns.pop(handed))
 
     def close(self) -> None:
+        if self._confirm > self.stream.confirmed_lsn:  # what the target committed since the last read: the
+            try:  # slot need not send it again to the next start
+                self.stream.send_feedback(self._confirm)
+            except ReplicationStreamError:
+                pass  # the connection is gone: the next start skips what the checkpoint says was applied
         self.stream.close()
         self.conn.close()
 

@@ -312,3 +312,19 @@ def test_inserted_rows_the_target_already_has_are_upserted_with_their_origin(log
     # every row written once by the apply (the refused COPY left nothing), each marked with the source node
     assert pg_rows(target, "SELECT count(*), count(DISTINCT id), min(origin), max(origin) FROM seen "
                            "WHERE origin <> ''") == [(1000, 1000, "county-110101", "county-110101")]
+
+
+def test_a_run_that_ends_confirms_what_it_applied(logical):
+    """`run --once` tells the slot about its last batch before it leaves: the next start does not decode it again."""
+    config, source, target = logical
+    cli("slot", "create", "--config", str(config), "--pipeline", "wal")
+    # a slow apply: the last read (finding nothing more) is over before the last batch commits
+    pg_exec(target, "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(1); "
+                    "RETURN NULL; END $$",
+            "CREATE TRIGGER slow AFTER INSERT ON item FOR EACH STATEMENT EXECUTE FUNCTION slow()")
+    pg_exec(source, "INSERT INTO item SELECT g, 'x', g, NULL, NULL, NULL FROM generate_series(1, 50) g")
+    committed = pg_rows(source, "SELECT pg_current_wal_lsn()")[0][0]
+    run_once(config)
+    assert pg_rows(target, SAME) == pg_rows(source, SAME)
+    assert pg_rows(source, "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots "
+                           "WHERE database = current_database()", (str(committed),)) == [(True,)]
