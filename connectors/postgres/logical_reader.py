@@ -104,7 +104,7 @@ class PostgresLogicalReader(Reader):
         self._pending: list[bytes] = []  # received payloads not handled yet, last first
         self.txn: _Txn | None = None
         self._carry: _Txn | None = None
-        self._end_lsns: dict[str, int] = {}
+        self._end_lsns: dict[int, int] = {}  # commit LSN of each whole transaction handed out → its end LSN
         self._lock = threading.Lock()  # position handed out → its commit's end LSN (what the slot confirms)
         self._confirm = 0  # end LSN of the newest transaction the target committed
         self._drain_to = self.conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()[0]
@@ -191,7 +191,7 @@ class PostgresLogicalReader(Reader):
                     continue
                 txn.position = PostgresLsnPosition(txn.commit_lsn, 0)
                 with self._lock:
-                    self._end_lsns[txn.position.serialise()] = decoded.end_lsn
+                    self._end_lsns[txn.commit_lsn] = decoded.end_lsn
                 if events and txn.events and not txn.started and txn.events[0].origin != events[-1].origin:
                     self._carry = txn  # one target transaction carries one origin: this one opens the next batch
                     return ReadBatch(events, self.position.serialise())
@@ -386,10 +386,10 @@ class PostgresLogicalReader(Reader):
         """
         done = PostgresLsnPosition.deserialise(position)
         with self._lock:
-            for handed in list(self._end_lsns):
-                at = PostgresLsnPosition.deserialise(handed)
-                if at.lsn < done.lsn or (at.lsn == done.lsn and done.applied == 0):
-                    self._confirm = max(self._confirm, self._end_lsns.pop(handed))
+            for commit_lsn in list(self._end_lsns):  # in commit order: stop at the first not committed
+                if commit_lsn > done.lsn or (commit_lsn == done.lsn and done.applied):
+                    break
+                self._confirm = max(self._confirm, self._end_lsns.pop(commit_lsn))
 
     def close(self) -> None:
         if self._confirm > self.stream.confirmed_lsn:  # what the target committed since the last read: the
