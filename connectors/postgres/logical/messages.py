@@ -1,4 +1,5 @@
-"""The pgoutput messages, as small frozen dataclasses (see :mod:`.pgoutput` for the decoder).
+"""The pgoutput messages, as small frozen dataclasses (see :mod:`.pgoutput` for the decoder); those that come
+once per transaction are named tuples, which cost a tenth as much to make.
 
 Column values are ``str`` (text format), ``bytes`` (binary format, only with the ``binary``
 option), ``None`` (SQL NULL) or :data:`UNCHANGED` (an unchanged TOASTed value the server did not
@@ -40,8 +41,7 @@ class Column(NamedTuple):
         return bool(self.flags & 1)
 
 
-@dataclass(frozen=True, slots=True)
-class Begin:
+class Begin(NamedTuple):
     """Start of a transaction; ``final_lsn`` is the LSN of its commit record."""
 
     final_lsn: Lsn
@@ -49,8 +49,7 @@ class Begin:
     xid: int
 
 
-@dataclass(frozen=True, slots=True)
-class Commit:
+class Commit(NamedTuple):
     """End of a transaction; confirm ``end_lsn`` once it is applied."""
 
     flags: int
