@@ -23,6 +23,11 @@ from typing import Any
 
 from .logical import PgOutputError
 
+try:
+    from ._copytext import tuple_line as _compiled
+except ImportError:  # built without a C compiler: the same in Python
+    _compiled = None
+
 COPY_TEXT = "postgresql-copy-text"  # the format name engine.encoded rows carry
 
 # money (locale), and the reg* types (object names resolved in each database), with their arrays
@@ -45,10 +50,21 @@ def escape(value: bytes) -> bytes:
 def tuple_line(data: bytes, pos: int) -> tuple[bytes | None, list[bytes | None]]:
     """The pgoutput TupleData at ``pos`` as one COPY text line (without its newline) and the raw values
     (bytes, None for NULL). The line is None when the tuple cannot be written whole: an unchanged TOASTed
-    value (kind 'u') or a value in binary format (kind 'b').
+    value (kind 'u') or a value in binary format (kind 'b'); values then holds the columns before it.
 
-    Raises :class:`~.logical.PgOutputError` on a truncated or malformed tuple.
+    Raises :class:`~.logical.PgOutputError` on a truncated or malformed tuple. Runs in C (``_copytext.c``)
+    where that was built, as :func:`tuple_line_python` otherwise (tests/unit/test_copytext.py holds them equal).
     """
+    if _compiled is None:
+        return tuple_line_python(data, pos)
+    try:
+        return _compiled(data, pos)
+    except ValueError as exc:
+        raise PgOutputError(f"malformed TupleData: {exc}") from None
+
+
+def tuple_line_python(data: bytes, pos: int) -> tuple[bytes | None, list[bytes | None]]:
+    """:func:`tuple_line` in Python: the reference, and what runs where no C compiler built the extension."""
     try:
         (count,) = _U16(data, pos)
         pos += 2
@@ -58,7 +74,10 @@ def tuple_line(data: bytes, pos: int) -> tuple[bytes | None, list[bytes | None]]
         for _ in range(count):
             kind = data[pos]
             if kind == 116:  # 't'
-                end = pos + 5 + _I32(data, pos + 1)[0]
+                length = _I32(data, pos + 1)[0]
+                if length < 0:
+                    raise PgOutputError(f"malformed TupleData: a column of length {length}")
+                end = pos + 5 + length
                 append(data[pos + 5:end])
                 pos = end
             elif kind == 110:  # 'n'
