@@ -21,7 +21,12 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
   fi
 fi
-stamp=".venv/.tiersync-${extras}-$(cat setup.cfg pyproject.toml | sha1sum | cut -c1-12)"
+# the C part (connectors/postgres/_copytext.c) needs a compiler and Python's headers; without them the
+# install still works and the same code runs in Python, slower
+if ! command -v cc >/dev/null || [ ! -f "$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ]; then
+  apt_install gcc python3-dev || echo "no C compiler: tiersync runs its pure Python code instead" >&2
+fi
+stamp=".venv/.tiersync-${extras}-$(cat setup.cfg setup.py pyproject.toml connectors/postgres/_copytext.c | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[${extras}]"
