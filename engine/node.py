@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import signal
+import sys
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,6 +20,7 @@ from .registry import connector_for
 log = logging.getLogger(__name__)
 
 
+SWITCH_INTERVAL = 0.001  # seconds a thread may hold the GIL while another wants it (Python's default: 0.005)
 GC_YOUNG_THRESHOLD = 50_000  # container allocations between young collections (Python's default: 700)
 
 
@@ -46,6 +48,9 @@ def run_node(config: Config, names: list[str], *, once: bool, stop: threading.Ev
     failures: dict[str, str] = {}
     receivers: list = []
     senders: list = []
+    # each pipeline reads (CPU-bound) in one thread while another waits on its target; at Python's default
+    # 5 ms switch interval every answer from the target waits that long for the reading thread to let go
+    sys.setswitchinterval(SWITCH_INTERVAL)
     if network and config.exchange is not None:
         from .network import FORWARD, exchange_workers, prepare, with_relay
 
