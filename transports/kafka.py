@@ -3,7 +3,7 @@
 The schema part of Debezium's ``<prefix>.<schema>.<table>`` names the
 receiving node, so each link's routed stream is its own set of topics. Values
 are Debezium-compatible envelopes (JSON, or Avro in the Confluent wire format
-with schemas published on the ``_tiersync_schemas`` topic). Headers carry the
+with schemas published on the ``_tiersync_schemas`` topic). A header carries the
 batch id, sequence, index and count, so the receiving end
 (:class:`KafkaReceiver`) puts whole batches back together and stores them in
 its inbox with its consumer offsets in the same transaction — no Kafka offset
@@ -40,6 +40,7 @@ from .kafka_messages import (
 log = logging.getLogger(__name__)
 
 SCHEMA_TOPIC = "_tiersync_schemas"
+HEADER = "tiersync"  # on every message: "<batch seq> <index> <count> <batch id>"
 
 
 def _kafka():
@@ -163,10 +164,10 @@ class KafkaTransport(Transport):
             self._publish(producer, sid, schema)
         for topic in set(messages.topics):
             self._ensure_topic(topic)
-        common = [("tiersync-batch", batch.batch_id.encode()), ("tiersync-seq", str(batch.seq).encode()),
-                  ("tiersync-count", str(len(messages.values)).encode())]
+        # one header per message (kafka-python encodes each header in Python: four cost a quarter of the rate)
+        before, after = f"{batch.seq} ".encode(), f" {len(messages.values)} {batch.batch_id}".encode()
         send = producer.send
-        return [send(topic, key=key, value=value, headers=[*common, ("tiersync-index", str(index).encode())])
+        return [send(topic, key=key, value=value, headers=[(HEADER, before + str(index).encode() + after)])
                 for index, (topic, key, value) in enumerate(zip(messages.topics, messages.keys, messages.values))]
 
     def trace(self, batch_ids: list[str]) -> list[TraceRow]:
@@ -297,11 +298,16 @@ class KafkaReceiver:
         return taken, convert(values)
 
     def _headers(self, record, tp) -> tuple[int, int, int, str] | None:
-        headers = {k: v.decode() for k, v in (record.headers or [])}
+        """(batch seq, index in the batch, the batch's message count, batch id) from the ``tiersync`` header, or
+        from the four headers earlier versions wrote (``tiersync-seq`` …); None for a message not from tiersync."""
         try:
+            headers = {k: v.decode() for k, v in (record.headers or [])}
+            if HEADER in headers:
+                seq, index, count, batch_id = headers[HEADER].split(" ", 3)
+                return int(seq), int(index), int(count), batch_id
             seq, index, count = (int(headers[h]) for h in ("tiersync-seq", "tiersync-index", "tiersync-count"))
             return seq, index, count, headers["tiersync-batch"]
-        except (KeyError, ValueError):
+        except (KeyError, ValueError, UnicodeDecodeError):
             log.error("kafka link %s: %s offset %s has no tiersync batch headers; skipped (not from tiersync)",
                       self.link_name, tp, record.offset)
             return None

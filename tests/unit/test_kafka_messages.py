@@ -94,3 +94,20 @@ def test_a_helper_that_does_not_answer_in_time_fails_with_a_transient_error():
             helper.result(helper.submit(None), 0.5)
     finally:
         helper.close()
+
+
+def test_the_receiving_end_reads_the_batch_header_and_the_four_of_earlier_versions(caplog):
+    from collections import namedtuple
+
+    from transports.kafka import KafkaReceiver
+
+    record = namedtuple("Record", "headers offset")
+    receiver = KafkaReceiver.__new__(KafkaReceiver)  # only the header reading
+    receiver.link_name = "city-1"
+    now = record([("tiersync", b"17 3 120 b-7 with spaces")], 5)
+    before = record([("tiersync-batch", b"b-7 with spaces"), ("tiersync-seq", b"17"), ("tiersync-count", b"120"),
+                     ("tiersync-index", b"3")], 5)
+    assert receiver._headers(now, "t-0") == receiver._headers(before, "t-0") == (17, 3, 120, "b-7 with spaces")
+    for foreign in ([], [("tiersync", b"17 3")], [("tiersync", b"\xff")], [("tiersync-seq", b"17")]):
+        assert receiver._headers(record(foreign, 9), "t-0") is None
+    assert "offset 9 has no tiersync batch headers" in caplog.text
