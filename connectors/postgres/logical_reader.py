@@ -276,7 +276,8 @@ class PostgresLogicalReader(Reader):
         if txn is None or txn.skip_all or self.decoder.in_stream:
             return 0
         append, relations = txn.events.append, self.relations
-        xid, origin, at, node, database = txn.xid, txn.origin or self.node_id, txn.commit_ts, self.node_id, self.database
+        xid, origin, at = txn.xid, txn.origin or self.node_id, txn.commit_ts
+        node, database = self.node_id, self.database
         seq, skip_first = txn.seq, txn.skip_first
         relation, plan = None, None
         taken = 0

@@ -1,9 +1,8 @@
+import random
 from datetime import date
 from decimal import Decimal
 
 import pytest
-
-import random
 
 from engine.compaction import _merge, compact
 from engine.config import MappingConfig
