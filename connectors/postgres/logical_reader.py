@@ -123,8 +123,7 @@ class PostgresLogicalReader(Reader):
 
     def read(self, max_events: int) -> ReadBatch:
         try:
-            if self._confirm > self.stream.confirmed_lsn:
-                self.stream.send_feedback(self._confirm)
+            self._report_committed()
             return self._read(max_events)
         except ReplicationStreamError as exc:
             raise _translate(exc, self.slot) from None
@@ -313,7 +312,8 @@ class PostgresLogicalReader(Reader):
                 key = tuple([None if values[i] is None else read(values[i]) for i, read in readers])
             seq += 1
             taken += 1
-            if seq > skip_first:  # as _add, positionally
+            if seq > skip_first:  # as _add, but positionally (keywords cost 0.4 µs a change): ChangeEvent's field
+                # order; test_rows_travel_as_copy_lines… holds this event's fields equal to _add's
                 append(ChangeEvent(CREATE if kind == 73 else UPDATE, plan.table, key, before,
                                    EncodedRow(line, plan.encoding), seq, xid, origin, (), "", at, node, database))
         txn.seq = seq
@@ -392,12 +392,16 @@ class PostgresLogicalReader(Reader):
                     break
                 self._confirm = max(self._confirm, self._end_lsns.pop(commit_lsn))
 
+    def _report_committed(self) -> None:
+        """Tell the slot what the target committed since it was last told (acknowledge records it)."""
+        if self._confirm > self.stream.confirmed_lsn:
+            self.stream.send_feedback(self._confirm)
+
     def close(self) -> None:
-        if self._confirm > self.stream.confirmed_lsn:  # what the target committed since the last read: the
-            try:  # slot need not send it again to the next start
-                self.stream.send_feedback(self._confirm)
-            except ReplicationStreamError:
-                pass  # the connection is gone: the next start skips what the checkpoint says was applied
+        try:  # so the next start need not decode the last batch again
+            self._report_committed()
+        except ReplicationStreamError:
+            pass  # the connection is gone: the next start skips what the checkpoint says was applied
         self.stream.close()
         self.conn.close()
 
