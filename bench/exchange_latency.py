@@ -12,7 +12,7 @@ Kafka (--kafka): one link, sender and receiver with SQLite exchange databases an
 the tests; --events changes are queued in the sender's outbox first, then timed: the link sender
 (decode, encode as Debezium Avro/JSON, produce, acks=all) and the receiving end (consume, rebuild
 batches, store them in the inbox with offsets). Baseline in the same run: raw kafka-python producing
-and consuming the very same pre-encoded messages (same keys, values, headers, producer settings).
+and consuming the very same pre-encoded messages (same keys, values, headers, partitions, producer settings).
 
 Run:  flock /tmp/bench.lock .venv/bin/python bench/exchange_latency.py [--seconds 30] [--kafka] [--events 200000]
 """
@@ -153,6 +153,12 @@ def cpu_seconds() -> float:
     return time.process_time() + helpers.ru_utime + helpers.ru_stime
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds another process (the broker) has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def kafka_throughput(work: Path, events: int, fmt: str) -> None:
     from datetime import datetime, timezone
     from decimal import Decimal
@@ -191,15 +197,17 @@ def kafka_throughput(work: Path, events: int, fmt: str) -> None:
             made += len(chunk)
         store.close()
         stop = threading.Event()
-        started, cpu = time.monotonic(), cpu_seconds()
+        broker_cpu = {}
+        started, cpu, at = time.monotonic(), cpu_seconds(), process_cpu(broker.process.pid)
         LinkSender(sender, "city-1", stop).run(once=True)
         send_s = time.monotonic() - started
         send_cpu = cpu_seconds() - cpu
+        broker_cpu["send"] = process_cpu(broker.process.pid) - at
         # what went over the wire, for the baseline: the same messages, read back (untimed)
         consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False, group_id=None,
                                  auto_offset_reset="earliest", max_partition_fetch_bytes=8 * 1024 * 1024)
         sent_topic = "county-1.city-1.qy_jbxx"
-        messages = [(r.key, r.value, r.headers) for r in read_to_end(
+        messages = [(r.key, r.value, r.headers, r.partition) for r in read_to_end(
             consumer, [TopicPartition(sent_topic, p) for p in consumer.partitions_for_topic(sent_topic)])]
         consumer.close()
         assert len(messages) == events, f"the topic holds {len(messages)} of {events}"
@@ -213,10 +221,11 @@ def kafka_throughput(work: Path, events: int, fmt: str) -> None:
             original(self, *args, **kwargs)
             last["at"] = time.monotonic()
         exchange_module.ExchangeStore.receive_many = timed
-        started, cpu = time.monotonic(), cpu_seconds()
+        started, cpu, at = time.monotonic(), cpu_seconds(), process_cpu(broker.process.pid)
         receiving.run(once=True)
         # wall time to the last store; CPU with the helper's and the drained run's last empty polls
         receive_s, receive_cpu = last["at"] - started, cpu_seconds() - cpu
+        broker_cpu["receive"] = process_cpu(broker.process.pid) - at
         exchange_module.ExchangeStore.receive_many = original
         check = exchange_store(receiver)
         stored = check.conn.execute("SELECT coalesce(sum(events), 0) FROM tiersync_inbox").fetchone()[0]
@@ -227,12 +236,13 @@ def kafka_throughput(work: Path, events: int, fmt: str) -> None:
                                  batch_size=512 * 1024, max_request_size=8 * 1024 * 1024)
         topic = "baseline.raw.qy_jbxx"
         producer.send(topic, key=b"warm-up", value=b"{}").get(30)  # topic created and metadata known, untimed
-        started, cpu = time.monotonic(), time.process_time()
-        futures = [producer.send(topic, key=k, value=v, headers=h) for k, v, h in messages]
+        started, cpu, at = time.monotonic(), time.process_time(), process_cpu(broker.process.pid)
+        futures = [producer.send(topic, key=k, value=v, headers=h, partition=p) for k, v, h, p in messages]
         producer.flush()
         for future in futures:
             future.get(30)
         raw_send_s, raw_send_cpu = time.monotonic() - started, time.process_time() - cpu
+        broker_cpu["raw send"] = process_cpu(broker.process.pid) - at
         producer.close()
         consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False, group_id=None,
                                  max_partition_fetch_bytes=8 * 1024 * 1024)
@@ -240,15 +250,16 @@ def kafka_throughput(work: Path, events: int, fmt: str) -> None:
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         got = -1  # the warm-up message
-        started, cpu = time.monotonic(), time.process_time()
+        started, cpu, at = time.monotonic(), time.process_time(), process_cpu(broker.process.pid)
         while got < len(messages):
             for records in consumer.poll(200, max_records=20000).values():
                 got += len(records)
         raw_receive_s, raw_receive_cpu = time.monotonic() - started, time.process_time() - cpu
+        broker_cpu["raw receive"] = process_cpu(broker.process.pid) - at
         consumer.close()
     finally:
         broker.stop()
-    size = sum(len(v) for _, v, _ in messages) / len(messages)
+    size = sum(len(m[1]) for m in messages) / len(messages)
     print(f"\nKafka link, {events:,} changes, {fmt} values ({size:.0f} bytes each), one partition:")
     for what, ours, raw in (("send", send_s, raw_send_s), ("receive", receive_s, raw_receive_s)):
         print(f"  {what:<8} tiersync {events / ours:>9,.0f} events/s   raw kafka-python {events / raw:>9,.0f} "
@@ -259,6 +270,8 @@ def kafka_throughput(work: Path, events: int, fmt: str) -> None:
     for what, ours, raw in (("send", send_cpu, raw_send_cpu), ("receive", receive_cpu, raw_receive_cpu)):
         print(f"  {what:<8} tiersync {events / ours:>9,.0f} events/cpu-s   raw kafka-python "
               f"{events / raw:>9,.0f} events/cpu-s   ratio {raw / ours:.2f}")
+    print("  the broker's CPU seconds meanwhile (it shares this machine's cores): " + ", ".join(
+        f"{what} {seconds:.1f}" for what, seconds in broker_cpu.items()))
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+from kafka.partitioner.default import murmur2
 
 from connectors.kafka.connection import read_to_end
 from connectors.kafka.schemas import column_name
@@ -87,6 +88,10 @@ def test_debezium_envelopes_on_per_table_topics(tmp_path, kafka_broker, fmt, mak
     assert len(messages) == 200 + 66 + 28
     first = messages[0]
     assert json.loads(first.key) == {"qyid": json.loads(first.key)["qyid"]}  # key = the primary key
+    # three partitions: each key where the Java client's default partitioner puts it (a one-partition topic's
+    # messages name partition 0 instead, to skip kafka-python's hashing)
+    assert {m.partition for m in messages} == {0, 1, 2}
+    assert all(m.partition == (murmur2(m.key) & 0x7FFFFFFF) % 3 for m in messages)
     if fmt == "json":
         value = json.loads(first.value)
         assert value["op"] == "c" and value["source"]["table"] == "qy_jbxx" and "企业名称" in value["after"]
