@@ -15,6 +15,7 @@ batches, store them in the inbox with offsets). Baseline in the same run: raw ka
 and consuming the very same pre-encoded messages (same keys, values, headers, partitions, producer settings).
 
 Run:  flock /tmp/bench.lock .venv/bin/python bench/exchange_latency.py [--seconds 30] [--kafka] [--events 200000]
+        [--format avro|json] [--compression lz4|zstd|gzip|none]
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def kafka_throughput(work: Path, events: int, fmt: str) -> None:
+def kafka_throughput(work: Path, events: int, fmt: str, compression: str) -> None:
     from datetime import datetime, timezone
     from decimal import Decimal
 
@@ -174,7 +175,8 @@ def kafka_throughput(work: Path, events: int, fmt: str) -> None:
 
     broker = KafkaBroker(log=work / "broker.log").start()
     try:
-        link = {"transport": "kafka", "brokers": [broker.bootstrap], "format": fmt, "batch_size": 1000}
+        link = {"transport": "kafka", "brokers": [broker.bootstrap], "format": fmt, "batch_size": 1000,
+                "compression": compression}
 
         def node(me, other, role):
             return Config.model_validate({
@@ -233,7 +235,8 @@ def kafka_throughput(work: Path, events: int, fmt: str) -> None:
         assert stored == events, f"the inbox holds {stored} of {events}"
 
         producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=5, enable_idempotence=True,
-                                 batch_size=512 * 1024, max_request_size=8 * 1024 * 1024)
+                                 batch_size=512 * 1024, max_request_size=8 * 1024 * 1024,
+                                 compression_type=None if compression == "none" else compression)
         topic = "baseline.raw.qy_jbxx"
         producer.send(topic, key=b"warm-up", value=b"{}").get(30)  # topic created and metadata known, untimed
         started, cpu, at = time.monotonic(), time.process_time(), process_cpu(broker.process.pid)
@@ -260,7 +263,8 @@ def kafka_throughput(work: Path, events: int, fmt: str) -> None:
     finally:
         broker.stop()
     size = sum(len(m[1]) for m in messages) / len(messages)
-    print(f"\nKafka link, {events:,} changes, {fmt} values ({size:.0f} bytes each), one partition:")
+    print(f"\nKafka link, {events:,} changes, {fmt} values ({size:.0f} bytes each), {compression} compression, "
+          f"one partition:")
     for what, ours, raw in (("send", send_s, raw_send_s), ("receive", receive_s, raw_receive_s)):
         print(f"  {what:<8} tiersync {events / ours:>9,.0f} events/s   raw kafka-python {events / raw:>9,.0f} "
               f"events/s   ratio {raw / ours:.2f}")
@@ -282,6 +286,8 @@ def main() -> None:
     parser.add_argument("--kafka-only", action="store_true")
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--format", choices=["avro", "json"], default="avro")
+    parser.add_argument("--compression", choices=["none", "lz4", "zstd", "gzip"], default="lz4",
+                        help="the kafka link's compression (default: the link's default); the baseline uses the same")
     parser.add_argument("--middle", choices=["http", "exchange-db"], default="http",
                         help="transport of the middle hop (city → province)")
     args = parser.parse_args()
@@ -307,7 +313,7 @@ def main() -> None:
                   f"p99 {three['p99'] / one['p99']:.2f}; required p99 ≤ 3 s: "
                   f"{'met' if three['p99'] <= 3 else 'NOT met'}")
         if args.kafka or args.kafka_only:
-            kafka_throughput(work, args.events, args.format)
+            kafka_throughput(work, args.events, args.format, args.compression)
 
 
 if __name__ == "__main__":

@@ -161,6 +161,9 @@ class LinkConfig(_Strict):
                                                                        "or Avro in the Confluent wire format")
     partitions: int = Field(default=1, ge=1, le=1000, description="kafka: partitions of topics tiersync creates")
     compact: bool = Field(default=False, description="kafka: create topics with cleanup.policy=compact")
+    compression: Literal["none", "lz4", "zstd", "gzip"] = Field(
+        default="lz4", description="kafka: how the producer compresses each record batch (a receiving node reads all "
+                                   "three codecs; lz4 costs the least CPU)")
     helper_from: int = Field(default=2000, ge=0, description="kafka: a send of at least this many changes, or a "
                              "poll of at least this many Avro messages, is encoded or read in a helper process "
                              "while the link goes on (a second core); 0: never")

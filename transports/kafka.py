@@ -41,11 +41,13 @@ log = logging.getLogger(__name__)
 
 SCHEMA_TOPIC = "_tiersync_schemas"
 HEADER = "tiersync"  # on every message: "<batch seq> <index> <count> <batch id>"
+CODEC_PACKAGES = {"lz4": "lz4", "zstd": "zstandard", "gzip": "gzip (Python's own)"}
 
 
 def _kafka():
     try:
         import kafka
+        import kafka.codec
         import kafka.errors
     except ModuleNotFoundError:
         raise TerminalError("the kafka transport needs kafka-python: pip install 'tiersync[kafka]'") from None
@@ -97,10 +99,14 @@ class KafkaTransport(Transport):
     def _connect(self):
         kafka = _kafka()
         if self._producer is None:
+            compression = None if self.link.compression == "none" else self.link.compression
+            if compression is not None and not getattr(kafka.codec, f"has_{compression}")():
+                raise TerminalError(f"link {self.link_name}: compression {compression} needs the "
+                                    f"{CODEC_PACKAGES[compression]} package: pip install 'tiersync[kafka]'")
             try:
                 self._producer = kafka.KafkaProducer(bootstrap_servers=self.link.brokers, acks="all", linger_ms=5,
                                                      enable_idempotence=True, batch_size=512 * 1024,
-                                                     max_request_size=8 * 1024 * 1024)
+                                                     max_request_size=8 * 1024 * 1024, compression_type=compression)
                 self._admin = kafka.KafkaAdminClient(bootstrap_servers=self.link.brokers)
             except kafka.errors.KafkaError as exc:
                 raise TransientError(f"kafka {self.link.brokers}: {exc}") from None
@@ -270,6 +276,9 @@ class KafkaReceiver:
                         last_refresh = time.monotonic()
                     records = consumer.poll(200, max_records=20000) if assigned else {}
                     positions = {tp: consumer.position(tp) for tp in assigned}
+                except kafka.errors.UnsupportedCodecError as exc:  # waiting would not help
+                    raise TerminalError(f"kafka link {self.link_name}: the sender compresses with a codec this node "
+                                        f"cannot read ({exc}): pip install 'tiersync[kafka]'") from None
                 except kafka.errors.KafkaError as exc:
                     raise TransientError(f"kafka {self.link.brokers}: {exc}") from None
                 if not assigned:

@@ -21,10 +21,10 @@ CITY_DDL = ('CREATE TABLE qy (qyid INTEGER PRIMARY KEY, "企业名称" TEXT, zcz
             'clrq TEXT, op TEXT, change_seq INTEGER UNIQUE)')
 
 
-def nodes(tmp_path, broker, fmt: str, tag: str, helper_from: int = 0):
+def nodes(tmp_path, broker, fmt: str, tag: str, helper_from: int = 0, compression: str = "lz4"):
     county_id, city_id = f"county-{tag}", f"city-{tag}"
     link = {"transport": "kafka", "brokers": [broker.bootstrap], "format": fmt, "partitions": 3, "batch_size": 50,
-            "helper_from": helper_from}
+            "helper_from": helper_from, "compression": compression}
     route = {"qy_jbxx": {"key": ["qyid"], "up": True}}
     county = node_file(
         tmp_path / "county.yaml", {"id": county_id, "tier": "county", "region": "110101", "parent": city_id},
@@ -254,3 +254,58 @@ def test_a_lost_helper_or_a_failed_schema_publish_fails_the_send_and_the_next_se
             for m in topic_messages(kafka_broker, f"{county_id}.{city_id}.qy_jbxx")]
     assert sorted(r["qyid"] for r in rows) == [seq * 100 + i for seq in (1, 2, 3) for i in range(10)]
     assert all(("zczb" in r) == (r["qyid"] >= 300) for r in rows)
+
+
+def _outgoing(county_id: str, city_id: str, seq: int, count: int):
+    from engine.batchcodec import encode_batch
+    from engine.event import ChangeEvent, Op, TableId
+    from engine.exchange import OutgoingBatch
+
+    events = [ChangeEvent(Op.CREATE, TableId(None, "qy_jbxx"), (seq * 1000 + i,), None,
+                          {"qyid": seq * 1000 + i, "企业名称": f"北京某某科技有限公司{i}", "zczb": "100.50"}, i,
+                          origin=county_id, path=(county_id,)) for i in range(count)]
+    return OutgoingBatch(city_id, seq, f"{county_id}:{city_id}:{seq}", encode_batch(events), len(events))
+
+
+@pytest.mark.parametrize("codec", ["lz4", "zstd", "gzip", "none"])
+def test_record_batches_are_compressed_as_the_link_says_and_read_back(tmp_path, kafka_broker, codec):
+    from engine.config import load_config
+    from transports.kafka import KafkaReceiver, KafkaTransport
+
+    county, city, county_id, city_id = nodes(tmp_path, kafka_broker, "json", f"{codec}{random.randrange(10**6)}",
+                                             compression=codec)
+    config = load_config(county)
+    transport = KafkaTransport(county_id, city_id, config.exchange.links[city_id], config)
+    try:
+        assert transport.send_all([_outgoing(county_id, city_id, 1, 300)]) == [True]
+        rate = transport._producer.metrics()[f"producer-topic-metrics.{county_id}.{city_id}.qy_jbxx"]
+        # compressed size / uncompressed size of the record batches sent
+        assert rate["compression-rate"] < 0.5 if codec != "none" else rate["compression-rate"] == 1.0
+    finally:
+        transport.close()
+    KafkaReceiver(load_config(city), county_id, threading.Event()).run(once=True)
+    assert q(tmp_path / "city-x.db", "SELECT seq, events FROM tiersync_inbox") == [(1, 300)]
+
+
+def test_a_codec_a_node_cannot_use_is_a_clear_error_at_either_end(tmp_path, kafka_broker, monkeypatch):
+    import kafka.codec
+
+    from engine.config import load_config
+    from engine.errors import TerminalError
+    from transports.kafka import KafkaReceiver, KafkaTransport
+
+    county, city, county_id, city_id = nodes(tmp_path, kafka_broker, "json", f"codec{random.randrange(10**6)}",
+                                             compression="zstd")
+    config = load_config(county)
+    transport = KafkaTransport(county_id, city_id, config.exchange.links[city_id], config)
+    try:
+        assert transport.send_all([_outgoing(county_id, city_id, 1, 20)]) == [True]
+    finally:
+        transport.close()
+    monkeypatch.setattr(kafka.codec, "has_zstd", lambda: False)  # as on a node without the zstandard package
+    with pytest.raises(TerminalError, match="codec this node cannot read"):
+        KafkaReceiver(load_config(city), county_id, threading.Event()).run(once=True)
+    assert q(tmp_path / "city-x.db", "SELECT count(*) FROM tiersync_inbox") == [(0,)]
+    transport = KafkaTransport(county_id, city_id, config.exchange.links[city_id], config)
+    with pytest.raises(TerminalError, match="compression zstd needs the zstandard package"):
+        transport.send_all([_outgoing(county_id, city_id, 2, 20)])
