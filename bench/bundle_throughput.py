@@ -12,7 +12,8 @@ tiersync, timed:
           batches in the city's inbox in one transaction.
 baseline, timed, same run: the very same JSON envelopes (one per line) written through gzip (level 6) to
   one file flushed to disk, then read back and decompressed (no database, no crypto, no checks).
-Sizes: raw JSON, the bundle (volumes + manifest), the gzip file.
+Sizes: raw JSON, the bundle (volumes + manifest), the gzip file; and the import's peak memory (tracemalloc, a
+second untimed import into a fresh exchange database): a few volumes, whatever the bundle's size.
 
 Run:  .venv/bin/python bench/bundle_throughput.py [--changes 1000000] [--batch-size 1000] [--cipher sm4-gcm]
 """
@@ -110,6 +111,29 @@ def json_lines(store) -> list[bytes]:
     return lines
 
 
+def import_memory(directory: Path, bundle: Path) -> int:
+    """The peak of Python's allocations while the bundle is imported once more, into a fresh exchange database
+    (untimed: tracemalloc slows what it watches)."""
+    import tracemalloc
+
+    from engine.config import load_config
+    from engine.network import exchange_store
+    from engine.offline import import_bundle
+
+    again = directory / f"{CITY}-again.yaml"
+    again.write_text((directory / f"{CITY}.yaml").read_text().replace(f"{CITY}-x.db", f"{CITY}-again-x.db"))
+    config = load_config(again)
+    store = exchange_store(config)
+    store.ensure()
+    tracemalloc.start()
+    try:
+        import_bundle(config, store, bundle)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        store.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--changes", type=int, default=1_000_000)
@@ -139,6 +163,7 @@ def main() -> None:
         imported = import_bundle(city, city_store, directory / "out.tsb")
         import_s = time.perf_counter() - started
         assert len(imported.stored) == len(report.manifest.batches) and imported.stored_events == args.changes
+        import_peak = import_memory(directory, directory / "out.tsb")
 
         lines = json_lines(store)
         raw_bytes = sum(len(line) + 1 for line in lines)
@@ -169,6 +194,8 @@ def main() -> None:
     print(f"import:  tiersync {import_s:6.2f}s ({args.changes / import_s:,.0f} changes/s)   "
           f"baseline gzip read  {gzip_read_s:6.2f}s ({args.changes / gzip_read_s:,.0f}/s)   "
           f"ratio {import_s / gzip_read_s:.2f}")
+    print(f"import memory: peak {import_peak / mib:.1f} MiB of Python allocations for a {bundle_bytes / mib:.1f} MiB "
+          f"bundle in volumes of {args.volume_mb} MiB")
 
 
 if __name__ == "__main__":

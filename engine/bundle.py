@@ -333,8 +333,11 @@ def missing_volumes(path: str | Path, manifest: Manifest) -> list[str]:
 
 
 def read_bundle(path: str | Path, manifest: Manifest, doc: dict, signature: bytes,
-                keys: BundleKeys) -> list[BundleBatch]:
-    """Every batch of a verified bundle, or :class:`BundleRefused` with the first problem found."""
+                keys: BundleKeys) -> Iterator[BundleBatch]:
+    """The batches of a bundle, one volume in memory at a time. The signature, the cipher and every volume's
+    presence and checksum are verified before this returns; each volume is decrypted, and each batch checked
+    against the manifest's list and its predecessor, as the batches are taken. :class:`BundleRefused` says
+    what is wrong, here or while iterating."""
     path = Path(path)
     if keys.peer is None:
         raise TiersyncError(f"no public key of {manifest.sender} for this link (peer_public_key:)")
@@ -353,39 +356,45 @@ def read_bundle(path: str | Path, manifest: Manifest, doc: dict, signature: byte
                 digest.update(chunk)
         if digest.hexdigest() != volume["sha256"]:
             raise BundleRefused(f"{path}: volume {volume['name']} fails its checksum (damaged or altered)")
-    plain = bytearray()
+    return _batches(path, manifest, keys)
+
+
+def _batches(path: Path, manifest: Manifest, keys: BundleKeys) -> Iterator[BundleBatch]:
+    """Decrypt volume after volume and cut the batch records out of the stream (a record may span volumes)."""
+    listed = iter(manifest.batches)
+    previous: BundleBatch | None = None
+    rest = b""  # the start of a record that goes on in the next volume
     for index, volume in enumerate(manifest.volumes, start=1):
-        data = path.with_name(volume["name"]).read_bytes()
         try:
-            plain += _decrypt(keys, data, _aad(manifest.bundle_id, index))
+            plain = _decrypt(keys, path.with_name(volume["name"]).read_bytes(), _aad(manifest.bundle_id, index))
         except (InvalidTag, ValueError):
-            raise BundleRefused(f"{path}: volume {manifest.volumes[index - 1]['name']} does not decrypt: the link's "
-                                f"bundle key differs from the sender's") from None
-    return _records(path, bytes(plain), manifest)
-
-
-def _records(path: Path, plain: bytes, manifest: Manifest) -> list[BundleBatch]:
-    out = []
-    view = memoryview(plain)
-    at = 0
-    while at < len(plain):
-        if at + _RECORD.size > len(plain):
-            raise BundleRefused(f"{path}: the batch stream ends inside a record header")
-        seq, events, id_len, size = _RECORD.unpack_from(view, at)
-        at += _RECORD.size
-        if at + id_len + size > len(plain):
-            raise BundleRefused(f"{path}: the batch stream ends inside batch {seq}")
-        batch_id = bytes(view[at:at + id_len]).decode()
-        at += id_len
-        out.append(BundleBatch(seq, batch_id, events, bytes(view[at:at + size])))
-        at += size
-    listed = [[b.seq, b.batch_id, b.events] for b in out]
-    if listed != manifest.batches:
+            raise BundleRefused(f"{path}: volume {volume['name']} does not decrypt: the link's bundle key differs "
+                                f"from the sender's") from None
+        stream = rest + plain if rest else plain
+        del plain
+        view = memoryview(stream)
+        at = 0
+        while len(stream) - at >= _RECORD.size:
+            seq, events, id_len, size = _RECORD.unpack_from(view, at)
+            end = at + _RECORD.size + id_len + size
+            if end > len(stream):
+                break
+            batch_id = bytes(view[at + _RECORD.size:at + _RECORD.size + id_len]).decode(errors="replace")
+            batch = BundleBatch(seq, batch_id, events, bytes(view[end - size:end]))
+            if next(listed, None) != [seq, batch_id, events]:
+                raise BundleRefused(f"{path}: the volumes hold other batches than the manifest lists")
+            if previous is not None and seq != previous.seq + 1:
+                raise BundleRefused(f"{path}: batches {previous.seq} and {seq} are not consecutive")
+            previous = batch
+            yield batch
+            at = end
+        rest = bytes(view[at:])
+        view.release()
+    if rest:
+        where = "a record header" if len(rest) < _RECORD.size else f"batch {_RECORD.unpack_from(rest)[0]}"
+        raise BundleRefused(f"{path}: the batch stream ends inside {where}")
+    if next(listed, None) is not None:
         raise BundleRefused(f"{path}: the volumes hold other batches than the manifest lists")
-    for before, after in zip(out, out[1:]):
-        if after.seq != before.seq + 1:
-            raise BundleRefused(f"{path}: batches {before.seq} and {after.seq} are not consecutive")
-    return out
 
 
 def bundle_files(path: str | Path, manifest: Manifest) -> list[Path]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -264,22 +264,23 @@ class ExchangeStore:
             self._run(self.sql.checkpoint_save, (*checkpoint, sum(b[3] for b in batches)))
         self._transaction(work, "storing received batches")
 
-    def receive_in_sequence(self, sender: str, batches: list[tuple[int, str, bytes, int]],
+    def receive_in_sequence(self, sender: str, batches: Iterable[tuple[int, str, bytes, int]],
                             node: str) -> tuple[list[int], list[int]]:
         """Persist consecutive batches in one transaction, refusing a gap; (stored, already here) sequences.
 
         A batch at or below what an inbox consumer has applied, or still in the inbox, is a repeat; the
-        first batch must follow the highest one this node has from ``sender`` (or be one of them).
+        first batch must follow the highest one this node has from ``sender`` (or be one of them). ``batches``
+        may be a generator that reads them as they are stored: whatever it raises rolls all of them back.
         """
         def work() -> tuple[list[int], list[int]]:
             have = self.last_received(sender)
-            if batches and batches[0][0] > have + 1:
-                raise SequenceGap(f"batches {have + 1}–{batches[0][0] - 1} from {sender} have not arrived; "
-                                  f"this node has {sender}'s batches up to {have}")
             applied = max(dict(self._run(self.sql.consumer_positions, (sender,)).fetchall()).values(), default=0)
             at = now_text()
             stored, skipped = [], []
             for seq, batch_id, payload, events in batches:
+                if not (stored or skipped) and seq > have + 1:
+                    raise SequenceGap(f"batches {have + 1}–{seq - 1} from {sender} have not arrived; "
+                                      f"this node has {sender}'s batches up to {have}")
                 if seq > applied and self._run(self.sql.inbox_insert,
                                                (sender, seq, batch_id, payload, events, at)).rowcount == 1:
                     stored.append(seq)

@@ -236,24 +236,26 @@ def import_bundle(config: Config, store: ExchangeStore, path: Path) -> ImportRep
         raise BundleRefused(f"{path}: from {manifest.sender}, which is not a bundle or directory link "
                             f"of this node") from None
     batches = read_bundle(path, manifest, doc, signature, keys)
-    for batch in batches:
-        expected = f"{manifest.sender}:{node}:{batch.seq}"
-        if batch.batch_id != expected:
-            raise BundleRefused(f"{path}: batch id {batch.batch_id!r} where {expected!r} belongs")
-        try:
-            if len(batch_lines(batch.payload)) != batch.events:
-                raise CorruptBatch(f"holds a different number of changes than the {batch.events} listed")
-        except CorruptBatch as exc:
-            raise BundleRefused(f"{path}: batch {batch.seq}: {exc}") from None
-    try:
-        stored, skipped = store.receive_in_sequence(
-            manifest.sender, [(b.seq, b.batch_id, b.payload, b.events) for b in batches], node)
+
+    def checked() -> Iterator[tuple[int, str, bytes, int]]:  # stored as they are read: one volume in memory
+        for batch in batches:
+            expected = f"{manifest.sender}:{node}:{batch.seq}"
+            if batch.batch_id != expected:
+                raise BundleRefused(f"{path}: batch id {batch.batch_id!r} where {expected!r} belongs")
+            try:
+                if len(batch_lines(batch.payload)) != batch.events:
+                    raise CorruptBatch(f"holds a different number of changes than the {batch.events} listed")
+            except CorruptBatch as exc:
+                raise BundleRefused(f"{path}: batch {batch.seq}: {exc}") from None
+            yield batch.seq, batch.batch_id, batch.payload, batch.events
+    try:  # one transaction: a batch refused half way leaves nothing stored
+        stored, skipped = store.receive_in_sequence(manifest.sender, checked(), node)
     except SequenceGap as exc:
         raise OutOfSequence(f"{path}: out of sequence: {exc}") from None
-    events = {b.seq: b.events for b in batches}
+    events = {seq: count for seq, _, count in manifest.batches}
     return ImportReport(path, manifest, stored, skipped, sum(events[s] for s in stored),
                         sum(events[s] for s in skipped), store.last_received(manifest.sender),
-                        store.trace([b.batch_id for b in batches]))
+                        store.trace([batch_id for _, batch_id, _ in manifest.batches]))
 
 
 # ---------------------------------------------------------------- receipts

@@ -231,6 +231,29 @@ def test_hostile_bundles_are_refused_and_nothing_is_stored(tmp_path):
     assert "stored batches 1–6" in cli("bundle", "import", "--config", str(city), str(good)).output
 
 
+def test_a_batch_refused_after_others_were_stored_leaves_nothing_stored(tmp_path):
+    """Import stores batches as it decrypts them, one volume in memory; a bundle signed by the sender itself
+    (a sender bug) whose fifth batch holds fewer changes than it lists is refused as a whole."""
+    from engine.bundle import BundleBatch, write_bundle
+    from engine.exchange import now_text
+    from engine.offline import link_keys as keys_of
+
+    county, city = two_nodes(tmp_path)
+    changes(tmp_path, range(1, 121))
+    run_once(county)
+    rows = q(tmp_path / "county-x.db", "SELECT seq, batch_id, events, payload FROM tiersync_outbox ORDER BY seq")
+    assert len(rows) == 6
+    batches = [BundleBatch(seq, batch_id, events + (seq == 5), payload) for seq, batch_id, events, payload in rows]
+    path = tmp_path / "bug.tsb"
+    manifest = write_bundle(path, COUNTY, CITY, iter(batches), keys_of(load_config(county), CITY), 1024, now_text())
+    assert len(manifest.volumes) >= 3 and manifest.batches[4] == [5, f"{COUNTY}:{CITY}:5", 21]
+    refused(city, path, tmp_path, "batch 5: holds a different number of changes than the 21 listed")
+    cli("bundle", "export", "--config", str(county), "--link", CITY, "--out", str(tmp_path / "good.tsb"))
+    assert "stored batches 1–6" in cli("bundle", "import", "--config", str(city), str(tmp_path / "good.tsb")).output
+    run_once(city)
+    same_rows(tmp_path)
+
+
 def test_keys_are_never_printed_and_missing_keys_are_config_errors(tmp_path):
     county, _ = two_nodes(tmp_path)
     link = yaml.safe_load(county.read_text())["exchange"]["links"][CITY]

@@ -53,7 +53,7 @@ def test_round_trip_in_volumes(tmp_path, cipher):
     written = batches(12)
     manifest = write_bundle(tmp_path / "b.tsb", "a", "b", iter(written), send, 1024, "now")
     assert len(manifest.volumes) > 3 and all(v["bytes"] <= 1024 for v in manifest.volumes)
-    assert read_bundle(tmp_path / "b.tsb", *read(tmp_path / "b.tsb"), receive) == written
+    assert list(read_bundle(tmp_path / "b.tsb", *read(tmp_path / "b.tsb"), receive)) == written
     assert not list(tmp_path.glob("*.part"))
     sealed = b"".join(p.read_bytes() for p in tmp_path.glob("b.tsb.*"))
     assert not any(b.payload[8:40] in sealed for b in written)  # the batches' bytes are nowhere in clear
@@ -87,7 +87,7 @@ def test_a_volume_of_another_bundle_or_at_another_place_fails_its_tag(tmp_path):
     digest = hashlib.sha256((tmp_path / "one.tsb.001").read_bytes()).hexdigest()
     resign(one, signing, lambda d: d["volumes"][0].update(sha256=digest))
     with pytest.raises(BundleRefused, match="one.tsb.001 does not decrypt"):
-        read_bundle(one, *read(one), receive)
+        list(read_bundle(one, *read(one), receive))
     # volumes 1 and 2 of bundle two swapped, likewise vouched for
     v1, v2 = (tmp_path / "two.tsb.001").read_bytes(), (tmp_path / "two.tsb.002").read_bytes()
     (tmp_path / "two.tsb.001").write_bytes(v2)
@@ -98,7 +98,7 @@ def test_a_volume_of_another_bundle_or_at_another_place_fails_its_tag(tmp_path):
         d["volumes"][0]["bytes"], d["volumes"][1]["bytes"] = d["volumes"][1]["bytes"], d["volumes"][0]["bytes"]
     resign(two, signing, swap)
     with pytest.raises(BundleRefused, match="does not decrypt"):
-        read_bundle(two, *read(two), receive)
+        list(read_bundle(two, *read(two), receive))
 
 
 def test_a_manifest_cannot_name_files_outside_its_directory(tmp_path):
@@ -117,11 +117,11 @@ def test_batches_other_than_listed_or_not_consecutive_are_refused(tmp_path):
     write_bundle(path, "a", "b", iter(batches(3)), send, 1 << 20, "now")
     resign(path, signing, lambda d: d["batches"].__setitem__(1, [2, "a:b:2", 11]))
     with pytest.raises(BundleRefused, match="other batches than the manifest lists"):
-        read_bundle(path, *read(path), receive)
+        list(read_bundle(path, *read(path), receive))
     gappy = batches(1) + batches(1, first=3)
     write_bundle(path, "a", "b", iter(gappy), send, 1 << 20, "now")
     with pytest.raises(BundleRefused, match="batches 1 and 3 are not consecutive"):
-        read_bundle(path, *read(path), receive)
+        list(read_bundle(path, *read(path), receive))
 
 
 def test_missing_volumes_and_the_files_of_a_bundle(tmp_path):
