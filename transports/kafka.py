@@ -183,9 +183,9 @@ class KafkaTransport(Transport):
     def _one_partition(self, topic: str) -> bool:
         """Whether ``topic`` has one partition, so its messages name it rather than have kafka-python hash each
         key in Python (murmur2: a third of the producer's time per message). A topic of several partitions keeps
-        the default partitioner, the Java client's, so a key lands where any Kafka client would put it. Known
-        once per connection: a topic that grows partitions meanwhile keeps its keys on partition 0 until the
-        next, which keeps their order."""
+        the default partitioner, the Java client's, so a key lands where any Kafka client would put it. Looked up
+        once per connection: a topic given more partitions meanwhile gets its messages on partition 0 until the
+        link connects again (their order holds either way: the receiving end stores batches by sequence)."""
         one = self._one_partition_topics.get(topic)
         if one is None:
             one = self._one_partition_topics[topic] = self._producer.partitions_for(topic) == {0}
