@@ -286,7 +286,10 @@ def main() -> None:
     parser.add_argument("--kafka-only", action="store_true")
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--format", choices=["avro", "json"], default="avro")
-    parser.add_argument("--compression", choices=["none", "lz4", "zstd", "gzip"], default="lz4",
+    from engine.config import LinkConfig
+
+    parser.add_argument("--compression", choices=["none", "lz4", "zstd", "gzip"],
+                        default=LinkConfig.model_fields["compression"].default,
                         help="the kafka link's compression (default: the link's default); the baseline uses the same")
     parser.add_argument("--middle", choices=["http", "exchange-db"], default="http",
                         help="transport of the middle hop (city → province)")
